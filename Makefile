@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make run` (the service) and `make test` (the tests).
+# Each sets up the virtual environment with the pinned requirements on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: run test lint format bench clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	cp requirements.txt $(STAMP)
+
+## run: the whole service (web + worker, and a Redis of its own when REDIS_URL is unset)
+run: $(STAMP)
+	$(BIN)/python launch.py
+
+## test: lint, then every test (unit, integration with a real worker, end-to-end processes)
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

@@ -1,0 +1,316 @@
+"""Every setting of the service, read from the environment (and `.env`) and validated once.
+
+Both processes load settings through :func:`load_settings`; a bad value stops the process at start
+with a message that names the variable. Secrets are kept out of ``repr`` so that a logged or
+printed ``Settings`` never shows a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from dotenv import find_dotenv, load_dotenv
+
+DEFAULT_REPLICATE_MODEL_ID = (
+    "pharmapsychotic/clip-interrogator:8151e1c9f47e696fa316146a2e35812ccf79cfc9eba05b11c7f450155102af70"
+)
+CLIP_MODEL_NAMES = ("ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k")
+CLIP_MODES = ("best", "classic", "fast", "negative")
+PIKA_ASPECT_RATIOS = ("16:9", "9:16", "1:1", "5:2", "4:5", "4:3")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the service cannot run with."""
+
+
+def _secret() -> object:
+    return field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process. Field names mirror the variable names."""
+
+    # Secrets: never logged, never in repr.
+    pikapi_bearer_token: str = _secret()
+    replicate_api_token: str = _secret()
+    game_api_key: str = _secret()
+
+    # Where things live.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "i2v"
+    pikapi_base_url: str = "https://api.pikapikapika.io/web"
+    replicate_base_url: str = ""
+    callback_api_url: str = "https://game-api.virtuals.io/requests"
+    redoc_js_url: str = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
+
+    # Captioning (Replicate CLIP Interrogator).
+    replicate_model_id: str = DEFAULT_REPLICATE_MODEL_ID
+    clip_model_name: str = "ViT-L-14/openai"
+    clip_mode: str = "best"
+    caption_timeout: float = 300.0
+    caption_poll_interval: float = 1.0
+
+    # Video generation (Pika through pikapikapika.io).
+    pika_model: str = "1.5"
+    pika_frame_rate: int = 24
+    pika_motion: int = 2
+    pika_guidance_scale: float = 16
+    pika_negative_prompt: str = ""
+    pika_aspect_ratio: str = ""
+
+    # Timing: a request gives up INITIAL_WAIT_TIME + MAX_CHECK_TIME seconds after its submission.
+    initial_wait_time: float = 60.0
+    max_check_time: float = 420.0
+    poll_interval: float = 10.0
+
+    # Outbound HTTP: timeouts of every call, and how long transient provider errors are retried.
+    provider_retry_budget: float = 60.0
+    retry_base_delay: float = 2.0
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 30.0
+
+    # Callbacks.
+    callback_retry_delays: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    callback_signing_secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    # Records and the web edge.
+    record_ttl: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    @property
+    def generation_deadline(self) -> float:
+        """Seconds after the Pika submission at which a request gives up."""
+        return self.initial_wait_time + self.max_check_time
+
+    @property
+    def job_timeout(self) -> int:
+        """The RQ job timeout: the whole pipeline, with room for captioning and delivery.
+
+        Derived from the timing settings so that RQ's 180 s default never cuts a wait short.
+        """
+        # Throttled submissions may wait up to one generation deadline before the real one starts.
+        waits = self.caption_timeout + 2 * self.provider_retry_budget + 2 * self.generation_deadline
+        return math.ceil(waits + 6 * (self.http_connect_timeout + self.http_read_timeout) + 60)
+
+    def eta_minutes(self) -> tuple[int, int]:
+        """The (earliest, latest) minutes until a callback, from the configured timing."""
+        low = max(1, math.ceil(self.initial_wait_time / 60))
+        high = max(low + 1, math.ceil(self.generation_deadline / 60))
+        return low, high
+
+    def missing_worker_tokens(self) -> list[str]:
+        """Names of the provider secrets a worker needs but does not have."""
+        needed = {
+            "REPLICATE_API_TOKEN": self.replicate_api_token,
+            "PIKAPI_BEARER_TOKEN": self.pikapi_bearer_token,
+            "GAME_API_KEY": self.game_api_key,
+        }
+        return [name for name, value in needed.items() if not value]
+
+
+def _parse_number(name: str, raw: str, *, integer: bool, minimum: float, maximum: float | None) -> float:
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum:g}" if maximum is not None else ""
+        raise ConfigError(f"{name} must be at least {minimum:g}{upper}, got {raw!r}")
+    return value
+
+
+def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
+def _parse_url(name: str, raw: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {raw!r}")
+    return raw.rstrip("/") if parts.scheme in ("http", "https") else raw
+
+
+# name -> (field, parser). Numbers are (integer?, minimum, maximum).
+_NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
+    "INITIAL_WAIT_TIME": ("initial_wait_time", False, 0, None),
+    "MAX_CHECK_TIME": ("max_check_time", False, 0, None),
+    "POLL_INTERVAL": ("poll_interval", False, 0.01, None),
+    "CAPTION_TIMEOUT": ("caption_timeout", False, 1, None),
+    "CAPTION_POLL_INTERVAL": ("caption_poll_interval", False, 0.01, None),
+    "PROVIDER_RETRY_BUDGET": ("provider_retry_budget", False, 0, None),
+    "RETRY_BASE_DELAY": ("retry_base_delay", False, 0.01, None),
+    "HTTP_CONNECT_TIMEOUT": ("http_connect_timeout", False, 0.1, None),
+    "HTTP_READ_TIMEOUT": ("http_read_timeout", False, 0.1, None),
+    "RECORD_TTL": ("record_ttl", True, 60, None),
+    "PIKA_FRAME_RATE": ("pika_frame_rate", True, 1, 24),
+    "PIKA_MOTION": ("pika_motion", True, 1, 4),
+    "PIKA_GUIDANCE_SCALE": ("pika_guidance_scale", False, 5, 25),
+}
+_STRINGS: dict[str, str] = {
+    "PIKAPI_BEARER_TOKEN": "pikapi_bearer_token",
+    "REPLICATE_API_TOKEN": "replicate_api_token",
+    "GAME_API_KEY": "game_api_key",
+    "PIKA_MODEL": "pika_model",
+    "PIKA_NEGATIVE_PROMPT": "pika_negative_prompt",
+    "I2V_QUEUE": "queue_name",
+}
+_URLS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "REDIS_URL": ("redis_url", ("redis", "rediss", "unix")),
+    "PIKAPI_BASE_URL": ("pikapi_base_url", ("http", "https")),
+    "REPLICATE_BASE_URL": ("replicate_base_url", ("http", "https")),
+    "CALLBACK_API_URL": ("callback_api_url", ("http", "https")),
+    "REDOC_JS_URL": ("redoc_js_url", ("http", "https")),
+}
+_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "CLIP_MODEL_NAME": ("clip_model_name", CLIP_MODEL_NAMES),
+    "CLIP_MODE": ("clip_mode", CLIP_MODES),
+    "PIKA_ASPECT_RATIO": ("pika_aspect_ratio", ("", *PIKA_ASPECT_RATIOS)),
+    "LOG_LEVEL": ("log_level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+}
+
+#: Every variable the service reads, for documentation checks.
+VARIABLES = frozenset(
+    [*_NUMBERS, *_STRINGS, *_URLS, *_CHOICES, "REPLICATE_MODEL_ID", "CALLBACK_RETRY_DELAYS", "CALLBACK_SIGNING_SECRET"]
+)
+
+
+def _parse_delays(name: str, raw: str) -> tuple[float, ...]:
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    return tuple(_parse_number(name, part, integer=False, minimum=0, maximum=None) for part in parts)
+
+
+def _parse_secrets(name: str, raw: str) -> tuple[str, ...]:
+    """One or more ``whsec_`` secrets, separated by spaces or commas (several allow rotation)."""
+    secrets = tuple(part for part in raw.replace(",", " ").split() if part)
+    for secret in secrets:
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not secret.startswith("whsec_") or len(key) < 16:
+            # Never echo the value: it is a secret.
+            raise ConfigError(f"{name} must hold whsec_ secrets with a base64 key of at least 16 bytes")
+    return secrets
+
+
+def _parse_model_id(raw: str) -> str:
+    owner_name, sep, version = raw.partition(":")
+    if not sep or owner_name.count("/") != 1 or not version or not all(owner_name.split("/")):
+        raise ConfigError(f"REPLICATE_MODEL_ID must look like owner/name:version, got {raw!r}")
+    return raw
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Build settings from a mapping of variables; unset or empty variables take the defaults.
+
+    Raises:
+        ConfigError: a value is malformed or out of range; the message names the variable.
+    """
+    values: dict[str, object] = {}
+
+    def given(name: str) -> str | None:
+        raw = env.get(name)
+        return raw.strip() if raw is not None and raw.strip() != "" else None
+
+    for name, (attr, integer, low, high) in _NUMBERS.items():
+        if (raw := given(name)) is not None:
+            values[attr] = _parse_number(name, raw, integer=integer, minimum=low, maximum=high)
+    for name, attr in _STRINGS.items():
+        if (raw := given(name)) is not None:
+            values[attr] = raw
+    for name, (attr, schemes) in _URLS.items():
+        if (raw := given(name)) is not None:
+            values[attr] = _parse_url(name, raw, schemes)
+    for name, (attr, choices) in _CHOICES.items():
+        if (raw := given(name)) is not None:
+            values[attr] = _parse_choice(name, raw.upper() if name == "LOG_LEVEL" else raw, choices)
+    if (raw := given("REPLICATE_MODEL_ID")) is not None:
+        values["replicate_model_id"] = _parse_model_id(raw)
+    if (raw := given("CALLBACK_RETRY_DELAYS")) is not None:
+        values["callback_retry_delays"] = _parse_delays("CALLBACK_RETRY_DELAYS", raw)
+    if (raw := given("CALLBACK_SIGNING_SECRET")) is not None:
+        values["callback_signing_secrets"] = _parse_secrets("CALLBACK_SIGNING_SECRET", raw)
+    return Settings(**values)
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Read settings from ``env`` (default: the process environment, after loading ``.env``).
+
+    Values already in the environment win over `.env`; ``I2V_DOTENV=0`` skips the file (tests).
+    """
+    if env is None:
+        if dotenv and os.environ.get("I2V_DOTENV", "1") != "0":
+            load_dotenv(find_dotenv(usecwd=True), override=False)
+        env = os.environ
+    return settings_from(env)
+
+
+def settings_field_names() -> list[str]:
+    """The attribute names of :class:`Settings` (used by tests that compare docs and code)."""
+    return [f.name for f in fields(Settings)]
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any structured extras.
+
+    Known secret values are masked wherever they appear, as a last line of defence: no code path
+    is meant to log them in the first place.
+    """
+
+    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in self._STANDARD and not name.startswith("_"):
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        text = json.dumps(entry, default=str)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send JSON lines to stderr at ``LOG_LEVEL`` (idempotent: one handler per process)."""
+    root = logging.getLogger()
+    secrets = (
+        settings.pikapi_bearer_token,
+        settings.replicate_api_token,
+        settings.game_api_key,
+        *settings.callback_signing_secrets,
+    )
+    for handler in root.handlers:
+        if isinstance(handler.formatter, JsonLogFormatter):
+            handler.formatter.secrets = tuple(s for s in secrets if len(s) >= 4)
+            break
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLogFormatter(secrets))
+        root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # httpx logs every request URL at INFO; the status codes we care about are logged by us.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,15 @@
+"""gunicorn settings, Heroku-style: PORT and WEB_CONCURRENCY come from the environment."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads let one worker overlap Redis round trips; requests never wait on providers.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Under Heroku's 30 s router timeout, so a stuck request is ended by us, not cut by the router.
+timeout = 25
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

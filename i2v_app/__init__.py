@@ -1,0 +1,74 @@
+"""The HTTP edge of i2v: validates requests, writes records, enqueues jobs and answers status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from redis import Redis
+from rq import Queue
+
+from config import ConfigError, Settings, configure_logging, load_settings
+from i2v_app.errors import ProblemApi, register_error_handlers
+from jobs.store import RequestStore
+
+__version__ = "1.0.0"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create the Flask app.
+
+    Args:
+        settings: the configuration; read from the environment (and `.env`) when not given.
+
+    Raises:
+        SystemExit: a setting is invalid (the message names the variable).
+    """
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"i2v web: {exc}") from None
+    configure_logging(settings)
+
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="i2v",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL=settings.redoc_js_url,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Turns a still image into a marketing video and calls back once with the result."}
+        },
+        JSON_SORT_KEYS=False,
+    )
+    attach_services(app, settings)
+
+    api = ProblemApi(app)
+    from i2v_app import api as api_module
+    from i2v_app import docs, meta
+
+    api.register_blueprint(api_module.blp)
+    api.register_blueprint(meta.blp)
+    app.register_blueprint(docs.assets)
+    register_error_handlers(app)
+    return app
+
+
+def attach_services(app: Flask, settings: Settings) -> None:
+    """Attach settings, Redis, the queue and the record store to the app."""
+    # Short socket timeouts: a Redis outage must turn into a quick 503, never a hung request.
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+    app.extensions["i2v"] = {
+        "settings": settings,
+        "redis": redis,
+        "queue": Queue(settings.queue_name, connection=redis),
+        "store": RequestStore(redis, settings.record_ttl),
+    }

@@ -1,0 +1,153 @@
+"""Request and reply schemas of the HTTP API (marshmallow), also the source of the OpenAPI spec."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+
+#: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:~]{1,128}")
+MAX_URL_LENGTH = 2048
+
+
+def unescape_url(value: str) -> str:
+    """Undo the HTML escaping some callers apply to URLs (``https:&#x2F;&#x2F;...``)."""
+    value = html.unescape(value)
+    # The original service also replaced these after unescaping; kept for callers that double-escape.
+    for escaped, plain in (("&#x2F;", "/"), ("&#x3D;", "="), ("&amp;", "&")):
+        value = value.replace(escaped, plain)
+    return value.strip()
+
+
+def validate_request_id(value: str) -> None:
+    """Reject request ids outside the allowed alphabet and length, saying why."""
+    if not value:
+        raise ValidationError("x-request-id must not be empty")
+    if len(value) > 128:
+        raise ValidationError(f"x-request-id is {len(value)} characters long; at most 128 are allowed")
+    if not REQUEST_ID_PATTERN.fullmatch(value):
+        raise ValidationError("x-request-id may only hold letters, digits and - _ . : ~")
+
+
+def validate_image_url(value: str) -> None:
+    """Accept absolute http(s) URLs with a host, at most 2,048 characters."""
+    if len(value) > MAX_URL_LENGTH:
+        raise ValidationError(f"image_id is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValidationError(f"image_id is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValidationError("image_id must be an absolute http or https URL")
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValidationError("image_id must not contain whitespace or control characters")
+
+
+class RequestHeadersSchema(Schema):
+    """The headers of a submission."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    request_id = fields.String(
+        data_key="x-request-id",
+        required=True,
+        validate=validate_request_id,
+        metadata={"description": "The caller's id for this request; the callback is sent for it."},
+    )
+
+
+class SubmitSchema(Schema):
+    """The body of a submission."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    image_id = fields.String(
+        required=True,
+        validate=validate_image_url,
+        metadata={"description": "Public URL of the image to animate (HTML-escaped URLs are accepted)."},
+    )
+
+    @pre_load
+    def _unescape(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("image_id"), str):
+            data = {**data, "image_id": unescape_url(data["image_id"])}
+        return data
+
+
+class SubmitReplySchema(Schema):
+    """The reply to a submission."""
+
+    message = fields.String(
+        required=True, metadata={"example": "Video generation pipeline initialized | ETA: 1-8 minutes"}
+    )
+    request_id = fields.String(required=True)
+    status = fields.String(metadata={"description": "Only on a repeated submission: the request's current status."})
+
+
+class ProviderSchema(Schema):
+    """Which provider makes the video and how far it is."""
+
+    name = fields.String(required=True)
+    job_id = fields.String(allow_none=True)
+    progress = fields.Integer(allow_none=True, validate=validate.Range(0, 100))
+
+
+class ErrorInfoSchema(Schema):
+    """Why a request failed."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class CallbackInfoSchema(Schema):
+    """The state of a request's callback delivery."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["pending", "delivered", "failed"]))
+    attempts = fields.Integer(required=True)
+    last_status_code = fields.Integer(allow_none=True)
+    next_attempt_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
+class RequestStatusSchema(Schema):
+    """A request's record as the status endpoint shows it."""
+
+    request_id = fields.String(required=True)
+    status = fields.String(
+        required=True, validate=validate.OneOf(["queued", "processing", "completed", "failed", "canceled"])
+    )
+    stage = fields.String(
+        allow_none=True, validate=validate.OneOf(["captioning", "submitting", "waiting", "polling", "delivering"])
+    )
+    image_url = fields.String(required=True)
+    prompt = fields.String(allow_none=True)
+    provider = fields.Nested(ProviderSchema, required=True)
+    video_url = fields.String(allow_none=True)
+    title = fields.String(allow_none=True)
+    error = fields.Nested(ErrorInfoSchema, allow_none=True)
+    callback = fields.Nested(CallbackInfoSchema, required=True)
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+    updated_at = fields.String(required=True, metadata={"format": "date-time"})
+    stages = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    eta_seconds = fields.Integer(allow_none=True)
+
+
+class ServiceInfoSchema(Schema):
+    """What ``GET /`` says about the service."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    description = fields.String(required=True)
+    endpoints = fields.List(fields.Dict(), required=True)
+
+
+class HealthSchema(Schema):
+    """A health answer."""
+
+    status = fields.String(required=True)

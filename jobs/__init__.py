@@ -1,0 +1,1 @@
+"""The pipeline: the RQ jobs, callback delivery, one client per provider and the record store."""

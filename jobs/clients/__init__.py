@@ -1,0 +1,1 @@
+"""One client per external service: Replicate (captions), Pika (videos), GAME (callbacks)."""

@@ -1,0 +1,69 @@
+"""The GAME callback endpoint: where a request's one result is POSTed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from config import Settings
+from jobs.clients.http import make_session, retry_after_seconds
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one delivery attempt."""
+
+    status_code: int | None
+    retry_after: float | None = None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """Only a 2xx answer counts as delivered."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def callback_url(template: str, request_id: str) -> str:
+    """The callback URL of a request.
+
+    A value holding ``{request_id}`` is a full template; any other value is the base to which
+    ``/{request_id}/callback`` is appended (the original service's meaning). The id is
+    percent-encoded as one path segment.
+    """
+    encoded = quote(request_id, safe="")
+    if "{request_id}" in template:
+        return template.replace("{request_id}", encoded)
+    return f"{template.rstrip('/')}/{encoded}/callback"
+
+
+def same_host(url_a: str, url_b: str) -> bool:
+    """Whether two URLs name the same scheme, host and port (API keys only go to their own host)."""
+
+    def origin(url: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(url)
+        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+    return origin(url_a) == origin(url_b)
+
+
+class GameClient:
+    """POSTs callbacks; never raises for transport trouble, which is an attempt like any other."""
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
+        self.session = session or make_session()
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> DeliveryResult:
+        """Send one attempt of a callback with the given raw JSON body and headers."""
+        headers = {"Content-Type": "application/json", **headers}
+        try:
+            resp = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            return DeliveryResult(status_code=None, error=type(exc).__name__)
+        return DeliveryResult(
+            status_code=resp.status_code,
+            retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+        )

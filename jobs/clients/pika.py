@@ -1,0 +1,139 @@
+"""Pika through the pikapikapika.io API: submit an image and a prompt, then read the job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from config import Settings
+from jobs.clients.http import make_session, retry_after_seconds, was_sent
+from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
+
+log = logging.getLogger(__name__)
+
+FAILED_STATES = frozenset({"failed", "error"})
+
+
+@dataclass(frozen=True)
+class VideoState:
+    """What one poll of a Pika job says."""
+
+    status: str
+    url: str | None = None
+    progress: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the video is ready at ``url``."""
+        return self.status == "finished" and bool(self.url)
+
+
+class PikaClient:
+    """Submits generations to Pika and reads their state.
+
+    Args:
+        settings: base URL, token, generation options and timeouts.
+        session: an HTTP session to reuse (one is made if not given).
+    """
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self.base_url = settings.pikapi_base_url.rstrip("/")
+        self.settings = settings
+        self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
+        self.session = session or make_session()
+        self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
+
+    def generation_body(self, image_url: str, prompt: str) -> dict[str, Any]:
+        """The ``/generate`` body for an image and prompt, with options from the settings."""
+        s = self.settings
+        parameters: dict[str, Any] = {"motion": s.pika_motion, "guidanceScale": s.pika_guidance_scale}
+        if s.pika_negative_prompt:
+            parameters["negativePrompt"] = s.pika_negative_prompt
+        options: dict[str, Any] = {"frameRate": s.pika_frame_rate, "parameters": parameters}
+        if s.pika_aspect_ratio:
+            options["aspectRatio"] = s.pika_aspect_ratio
+        return {"promptText": prompt, "model": s.pika_model, "image": image_url, "options": options}
+
+    def submit(self, image_url: str, prompt: str) -> str:
+        """Start a generation and return its Pika job id.
+
+        Raises:
+            TransientError: throttled (429), a server error (5xx), or not connected (never sent).
+            GenerationFailed: any other refusal, or a reply without a job id.
+            GenerationUnknown: the request was sent but no answer came back.
+        """
+        body = self.generation_body(image_url, prompt)
+        try:
+            resp = self.session.post(f"{self.base_url}/generate", json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            if was_sent(exc):
+                raise GenerationUnknown(f"Pika submission sent but unanswered: {type(exc).__name__}") from exc
+            raise TransientError(f"Pika unreachable: {type(exc).__name__}", kind="connection", sent=False) from exc
+        self._raise_for_status(resp, "generate")
+        job = _json(resp).get("job") if isinstance(_json(resp), dict) else None
+        job_id = (job.get("id") or job.get("pikaJobId")) if isinstance(job, dict) else None
+        if not isinstance(job_id, str | int) or not str(job_id):
+            raise GenerationFailed("Pika accepted the submission but its reply has no job id")
+        return str(job_id)
+
+    def poll(self, job_id: str) -> VideoState:
+        """Read the state of a generation.
+
+        Raises:
+            TransientError: throttled, server error, timeout or a malformed reply: poll again later.
+            GenerationFailed: the job is unknown (404) or its video failed.
+        """
+        try:
+            resp = self.session.get(f"{self.base_url}/jobs/{job_id}", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise TransientError(f"Pika poll failed: {type(exc).__name__}", kind="connection") from exc
+        if resp.status_code == 404:
+            raise GenerationFailed(f"Pika does not know job {job_id}")
+        self._raise_for_status(resp, "jobs", refusal=TransientError)
+        data = _json(resp)
+        videos = data.get("videos") if isinstance(data, dict) else None
+        if not isinstance(videos, list) or not videos or not isinstance(videos[0], dict):
+            raise TransientError("Pika job reply has no videos", kind="malformed")
+        video = videos[0]
+        status = str(video.get("status") or "").lower()
+        if status in FAILED_STATES:
+            raise GenerationFailed(f"Pika reports the video {status}")
+        url = video.get("resultUrl") if isinstance(video.get("resultUrl"), str) else None
+        return VideoState(status=status, url=url, progress=_progress(video.get("progress")))
+
+    @staticmethod
+    def _raise_for_status(resp: requests.Response, what: str, refusal: type[Exception] = GenerationFailed) -> None:
+        if resp.status_code == 429:
+            raise TransientError(
+                f"Pika {what} throttled (429)",
+                kind="throttled",
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+            )
+        if resp.status_code >= 500:
+            raise TransientError(
+                f"Pika {what} answered {resp.status_code}",
+                kind="server_error",
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+            )
+        if not 200 <= resp.status_code < 300:
+            message = f"Pika {what} answered {resp.status_code}"
+            if refusal is TransientError:
+                raise TransientError(message, kind="server_error")
+            raise refusal(message)
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _progress(value: Any) -> int | None:
+    try:
+        return max(0, min(100, int(float(value))))
+    except (TypeError, ValueError):
+        return None

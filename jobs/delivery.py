@@ -1,0 +1,120 @@
+"""Callback delivery: one acknowledged callback per request, signed, retried, recorded.
+
+The first attempt runs in the job that finished the request; each retry is its own RQ job,
+scheduled after the next delay of ``CALLBACK_RETRY_DELAYS``, so a dead receiver never holds a
+worker. Every attempt of one request carries the same ``webhook-id``; attempts are claimed in the
+record so that no attempt is ever sent twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobs.clients.game import callback_url, same_host
+from jobs.context import Context, get_context
+from jobs.store import DELIVERY_JOB, Record, request_digest
+
+log = logging.getLogger(__name__)
+
+
+def callback_payload(record: Record) -> dict[str, Any]:
+    """The GAME callback body for a finished request."""
+    if record.status == "completed" and record.video_url:
+        output = {"title": record.title, "type": "MEDIA", "category": "MARKETING_VIDEO", "url": record.video_url}
+        return {"data": {"addToInventory": True, "status": "COMPLETED", "output": output}}
+    return {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
+
+
+def webhook_id(record: Record) -> str:
+    """The Standard Webhooks message id: the same for every attempt of one request."""
+    return "msg_" + request_digest(record.owner, record.request_id)
+
+
+def sign(secrets: tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks ``webhook-signature``: one ``v1,<base64>`` entry per secret."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    entries = []
+    for secret in secrets:
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        digest = hmac.new(key, signed, hashlib.sha256).digest()
+        entries.append("v1," + base64.b64encode(digest).decode())
+    return " ".join(entries)
+
+
+def delivery_target(ctx: Context, record: Record) -> tuple[str, dict[str, str]]:
+    """Where a record's callback goes and the headers only that destination may see."""
+    base = ctx.settings.callback_api_url
+    url = record.callback_url or callback_url(base, record.request_id)
+    headers: dict[str, str] = {}
+    # The GAME key belongs to GAME: a per-request URL on another host never sees it.
+    if ctx.settings.game_api_key and same_host(url, callback_url(base, record.request_id)):
+        headers["x-api-key"] = ctx.settings.game_api_key
+    return url, headers
+
+
+def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
+    """Make delivery attempt number ``attempt`` (1-based) of a finished request's callback."""
+    record = ctx.store.get_by_key(key)
+    if record is None or not record.terminal or record.callback_status != "pending":
+        return
+    if attempt <= record.callback_attempts or not ctx.store.set_if_absent(key, f"callback_claim_{attempt}", 1):
+        return  # this attempt was already made, or another process is making it
+
+    body = json.dumps(callback_payload(record), separators=(",", ":")).encode()
+    url, headers = delivery_target(ctx, record)
+    msg_id = webhook_id(record)
+    timestamp = int(time.time())
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = str(timestamp)
+    if ctx.settings.callback_signing_secrets:
+        headers["webhook-signature"] = sign(ctx.settings.callback_signing_secrets, msg_id, timestamp, body)
+
+    started = time.monotonic()
+    result = ctx.game.post(url, body, headers)
+    fields: dict[str, Any] = {
+        "callback_attempts": attempt,
+        "callback_last_status_code": result.status_code,
+        "callback_next_attempt_at": None,
+    }
+    delays = ctx.settings.callback_retry_delays
+    if result.delivered:
+        fields["callback_status"] = "delivered"
+    elif result.status_code == 410 or attempt > len(delays):
+        fields["callback_status"] = "failed"
+    else:
+        delay = max(delays[attempt - 1], result.retry_after or 0.0)
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        fields["callback_next_attempt_at"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ctx.queue.enqueue_in(
+            timedelta(seconds=delay),
+            DELIVERY_JOB,
+            key,
+            attempt + 1,
+            job_id=f"i2v-cb-{key.rsplit(':', 1)[-1]}-{attempt + 1}",
+            result_ttl=600,
+        )
+    ctx.store.update(key, **fields)
+    log.info(
+        "callback attempt",
+        extra={
+            "request_id": record.request_id,
+            "stage": "delivering",
+            "attempt": attempt,
+            "status_code": result.status_code,
+            "error": result.error,
+            "outcome": fields.get("callback_status", "retry"),
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+
+
+def deliver_callback(key: str, attempt: int = 1) -> None:
+    """RQ job: make one delivery attempt (retries are scheduled by the attempt before)."""
+    attempt_delivery(get_context(), key, attempt)

@@ -1,0 +1,320 @@
+"""The pipeline job: caption the image, have Pika animate it, wait for the video, call back.
+
+One RQ job per request runs :func:`run_request`. Every step starts from what the record says,
+so a job that runs again after a crash resumes where the last one stood: it waits on the saved
+prediction, polls the saved Pika job, and never creates either twice. Known failures end the
+request at once with one FAILED callback; anything unexpected is left to RQ's retries, and
+:func:`on_job_failure` fails the request once they are used up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from jobs.context import Context, get_context
+from jobs.delivery import attempt_delivery
+from jobs.errors import (
+    CaptionFailed,
+    GenerationFailed,
+    GenerationTimeout,
+    GenerationUnknown,
+    InternalError,
+    PipelineError,
+    ProviderUnavailable,
+    RequestCanceled,
+    TransientError,
+)
+from jobs.store import Record
+from jobs.titles import title_from_video_url
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Longest single back-off pause, whatever the attempt count.
+MAX_BACKOFF = 30.0
+#: Longest single sleep between cancel checks.
+SLEEP_SLICE = 1.0
+
+
+def run_request(key: str) -> str:
+    """RQ job: take one request from where its record stands to a finished request and a callback.
+
+    Args:
+        key: the Redis key of the request's record.
+
+    Returns:
+        The request's final status (``completed``, ``failed`` or ``canceled``).
+    """
+    ctx = get_context()
+    record = ctx.store.get_by_key(key)
+    if record is None:
+        log.warning("record expired before its job ran", extra={"record_key": key})
+        return "missing"
+    if not record.terminal:
+        generate(ctx, record)
+    deliver_first(ctx, key)
+    final = ctx.store.get_by_key(key)
+    return final.status if final else "missing"
+
+
+def generate(ctx: Context, record: Record) -> None:
+    """Run the provider steps and store the outcome (video or failure) in the record."""
+    try:
+        check_cancel(ctx, record)
+        prompt = record.prompt or caption(ctx, record)
+        job_id = record.provider_job_id or submit(ctx, record, prompt)
+        video_url = wait_for_video(ctx, record, job_id)
+    except PipelineError as exc:
+        fail(ctx, record, exc)
+        return
+    finished = ctx.store.finish(
+        record.key,
+        "completed",
+        video_url=video_url,
+        title=title_from_video_url(video_url),
+        provider_progress=100,
+        stage="delivering",
+    )
+    if finished:
+        log_event(record, "completed", video_url=video_url)
+
+
+def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
+    """End a request with an error code (``canceled`` for a cancel) unless it already ended."""
+    status = "canceled" if isinstance(exc, RequestCanceled) else "failed"
+    if ctx.store.finish(record.key, status, error_code=exc.code, error_message=exc.message, stage="delivering"):
+        log.warning(
+            "request %s",
+            status,
+            extra={
+                "request_id": record.request_id,
+                "stage": record.stage,
+                "error_code": exc.code,
+                "error": exc.message,
+            },
+        )
+
+
+def deliver_first(ctx: Context, key: str) -> None:
+    """Make the first callback attempt of a finished request, if nobody has yet."""
+    attempt_delivery(ctx, key, 1)
+
+
+# -- captioning -----------------------------------------------------------------------------------
+
+
+def caption(ctx: Context, record: Record) -> str:
+    """Get a prompt for the image from the CLIP Interrogator, resuming a saved prediction."""
+    with step(ctx, record, "captioning"):
+        if record.caption_started_at is None:
+            record.caption_started_at = time.time()
+            ctx.store.update(record.key, caption_started_at=record.caption_started_at)
+        prediction_id = record.prediction_id or create_prediction(ctx, record)
+        prompt = wait_for_prediction(ctx, record, prediction_id)
+        record.prompt = prompt
+        ctx.store.update(record.key, prompt=prompt)
+        return prompt
+
+
+def create_prediction(ctx: Context, record: Record) -> str:
+    """Create the prediction, saving its id before anything else can happen."""
+    if record.caption_inflight:
+        # An earlier run sent a create and died before saving the id: a second one could pay twice.
+        raise CaptionFailed("an earlier attempt may have created a prediction whose id was lost")
+
+    def create() -> str:
+        ctx.store.update(record.key, caption_inflight=True)
+        try:
+            return ctx.captioner.create(record.image_url)
+        except (TransientError, CaptionFailed) as exc:
+            if not isinstance(exc, TransientError) or not exc.sent or exc.kind in ("throttled", "server_error"):
+                ctx.store.update(record.key, caption_inflight=False)
+            raise
+
+    prediction_id = with_retries(ctx, record, create, give_up=CaptionFailed, what="Replicate create")
+    record.prediction_id = prediction_id
+    ctx.store.update(record.key, prediction_id=prediction_id, caption_inflight=False)
+    log_event(record, "prediction created", prediction_id=prediction_id)
+    return prediction_id
+
+
+def wait_for_prediction(ctx: Context, record: Record, prediction_id: str) -> str:
+    """Poll a prediction until it has a prompt, fails, or runs past ``CAPTION_TIMEOUT``."""
+    deadline = (record.caption_started_at or time.time()) + ctx.settings.caption_timeout
+    while True:
+        state = with_retries(
+            ctx, record, lambda: ctx.captioner.get(prediction_id), give_up=CaptionFailed, what="Replicate get"
+        )
+        if state.status == "succeeded":
+            if not state.prompt:
+                raise CaptionFailed("the CLIP Interrogator returned an empty prompt")
+            return state.prompt
+        if state.done:
+            raise CaptionFailed(f"the prediction {state.status}: {state.error or 'no error given'}")
+        if time.time() >= deadline:
+            with contextlib.suppress(TransientError, CaptionFailed):
+                ctx.captioner.cancel(prediction_id)
+            raise CaptionFailed(f"no prompt within {ctx.settings.caption_timeout:g} s")
+        sleep(ctx, record, ctx.settings.caption_poll_interval)
+
+
+# -- generation -----------------------------------------------------------------------------------
+
+
+def submit(ctx: Context, record: Record, prompt: str) -> str:
+    """Submit the image and prompt to Pika once, retrying only answers that mean 'not accepted'."""
+    with step(ctx, record, "submitting"):
+        if record.submit_inflight:
+            raise GenerationUnknown("an earlier attempt sent a submission whose answer was lost")
+        started = time.monotonic()
+        server_errors = 0
+        attempt = 0
+        while True:
+            check_cancel(ctx, record)
+            attempt += 1
+            ctx.store.update(record.key, submit_inflight=True)
+            try:
+                job_id = ctx.pika.submit(record.image_url, prompt)
+            except TransientError as exc:
+                ctx.store.update(record.key, submit_inflight=False)
+                delay = backoff_delay(ctx, attempt, exc.retry_after)
+                elapsed = time.monotonic() - started
+                if exc.kind == "throttled":
+                    if elapsed + delay > ctx.settings.generation_deadline:
+                        raise ProviderUnavailable(f"Pika kept throttling for {elapsed:.0f} s") from exc
+                else:
+                    server_errors += 1
+                    if server_errors > 2 or elapsed + delay > ctx.settings.provider_retry_budget / 2:
+                        cls = GenerationFailed if exc.kind == "server_error" else ProviderUnavailable
+                        raise cls(f"Pika did not accept the submission: {exc.message}") from exc
+                log_event(record, "retrying Pika submission", error=exc.message, delay_s=round(delay, 2))
+                sleep(ctx, record, delay)
+                continue
+            except GenerationFailed:
+                ctx.store.update(record.key, submit_inflight=False)
+                raise
+            record.provider_job_id = job_id
+            record.submitted_at = time.time()
+            ctx.store.update(
+                record.key, provider_job_id=job_id, submitted_at=record.submitted_at, submit_inflight=False
+            )
+            log_event(record, "submitted to Pika", provider_job_id=job_id)
+            return job_id
+
+
+def wait_for_video(ctx: Context, record: Record, job_id: str) -> str:
+    """Wait ``INITIAL_WAIT_TIME``, then poll until the video is ready or the deadline passes.
+
+    Deadlines run from the submission time saved in the record, also after a restart.
+    """
+    submitted_at = record.submitted_at or time.time()
+    first_poll = submitted_at + ctx.settings.initial_wait_time
+    deadline = submitted_at + ctx.settings.generation_deadline
+    if time.time() < first_poll:
+        with step(ctx, record, "waiting"):
+            sleep(ctx, record, first_poll - time.time())
+    with step(ctx, record, "polling"):
+        while True:
+            check_cancel(ctx, record)
+            try:
+                state = ctx.pika.poll(job_id)
+            except TransientError as exc:
+                log_event(record, "Pika poll failed, polling on", error=exc.message)
+            else:
+                if state.finished and state.url:
+                    return state.url
+                if state.progress is not None and state.progress != record.provider_progress:
+                    record.provider_progress = state.progress
+                    ctx.store.update(record.key, provider_progress=state.progress)
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise GenerationTimeout(f"no video {ctx.settings.generation_deadline:g} s after the submission to Pika")
+            sleep(ctx, record, min(ctx.settings.poll_interval, remaining))
+
+
+# -- shared mechanics ---------------------------------------------------------------------------
+
+
+def with_retries(ctx: Context, record: Record, call: Callable[[], T], *, give_up: type[PipelineError], what: str) -> T:
+    """Call ``call``, retrying transient errors with back-off for ``PROVIDER_RETRY_BUDGET`` seconds."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        check_cancel(ctx, record)
+        attempt += 1
+        try:
+            return call()
+        except TransientError as exc:
+            delay = backoff_delay(ctx, attempt, exc.retry_after)
+            elapsed = time.monotonic() - started
+            if elapsed + delay > ctx.settings.provider_retry_budget:
+                raise give_up(f"{what} kept failing for {elapsed:.0f} s: {exc.message}") from exc
+            log_event(record, f"retrying {what}", error=exc.message, delay_s=round(delay, 2))
+            sleep(ctx, record, delay)
+
+
+def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> float:
+    """The pause before retry number ``attempt``: the provider's ``Retry-After`` or exponential."""
+    if retry_after is not None:
+        return retry_after
+    return min(MAX_BACKOFF, ctx.settings.retry_base_delay * 2 ** (attempt - 1))
+
+
+def check_cancel(ctx: Context, record: Record) -> None:
+    """Raise :class:`RequestCanceled` if the caller has canceled the request."""
+    if ctx.redis.hget(record.key, "cancel_requested") in (b"1", "1"):
+        raise RequestCanceled("canceled by the caller")
+
+
+def sleep(ctx: Context, record: Record, seconds: float) -> None:
+    """``time.sleep`` in short slices, so that a cancel is noticed within a second."""
+    until = time.monotonic() + max(0.0, seconds)
+    while (remaining := until - time.monotonic()) > 0:
+        time.sleep(min(SLEEP_SLICE, remaining))
+        check_cancel(ctx, record)
+
+
+@contextlib.contextmanager
+def step(ctx: Context, record: Record, stage: str) -> Iterator[None]:
+    """Record ``stage`` as current and log how long it took and how it ended."""
+    ctx.store.enter_stage(record, stage)
+    started = time.monotonic()
+    log_event(record, f"{stage} started")
+    outcome = "ok"
+    try:
+        yield
+    except PipelineError as exc:
+        outcome = exc.code
+        raise
+    except BaseException as exc:
+        outcome = type(exc).__name__
+        raise
+    finally:
+        log_event(record, f"{stage} ended", outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+
+def log_event(record: Record, message: str, **fields: Any) -> None:
+    """Log one line about a request, with its id and stage."""
+    log.info(message, extra={"request_id": record.request_id, "stage": record.stage, **fields})
+
+
+def on_job_failure(job: Any, connection: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
+    """RQ failure callback: once retries are used up, fail the request and call back.
+
+    An unexpected exception is retried by RQ first (the job resumes from its record), so only the
+    last failure ends the request.
+    """
+    if job.should_retry:
+        log.warning("job %s failed with %s; RQ retries it", job.id, exc_type.__name__)
+        return
+    key = job.args[0]
+    ctx = get_context()
+    record = ctx.store.get_by_key(key)
+    if record is None:
+        return
+    fail(ctx, record, InternalError(f"unexpected {exc_type.__name__} in the pipeline"))
+    deliver_first(ctx, key)

@@ -1,0 +1,131 @@
+"""Run every process of the Procfile locally, with a Redis of its own when REDIS_URL is unset.
+
+``make run`` calls this. Output of each process is prefixed with its name; Ctrl-C stops all of
+them (and the Redis it started). The end-to-end tests use the same Procfile reading.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dotenv import find_dotenv, load_dotenv
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
+    """Process types and their commands, in file order (``release`` included)."""
+    processes: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not line.lstrip().startswith("#"):
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The path of a ``redis-server`` executable, or exit with a hint."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found: install it (Debian: apt-get install redis-server) or set REDIS_URL")
+    return binary
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a private redis-server on 127.0.0.1 and wait until it answers.
+
+    Returns:
+        The process and its ``redis://`` URL.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            *(redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)),
+            *("--save", "60 1", "--appendonly", "yes", "--maxmemory-policy", "noeviction"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"redis-server did not start on port {port}")
+
+
+def spawn(command: str, env: dict[str, str], **popen: object) -> subprocess.Popen:
+    """Start a Procfile command as Heroku does (through a shell), with this venv's tools first on PATH."""
+    env = {**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")}
+    return subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], env=env, cwd=ROOT, **popen)
+
+
+def _pump(name: str, stream, width: int) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"{name.ljust(width)} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def main() -> int:
+    """Start Redis (if needed), the web process and the worker; stop them all on Ctrl-C."""
+    load_dotenv(find_dotenv(usecwd=True), override=False)
+    env = dict(os.environ)
+    env.setdefault("PORT", "8000")
+    env.setdefault("HOST", "127.0.0.1")
+    children: list[tuple[str, subprocess.Popen]] = []
+    if not env.get("REDIS_URL"):
+        redis_proc, env["REDIS_URL"] = start_redis(ROOT / "instance" / "redis")
+        children.append(("redis", redis_proc))
+        print(f"launch | started Redis at {env['REDIS_URL']} (data in instance/redis)")
+    processes = {k: v for k, v in read_procfile().items() if k != "release"}
+    width = max(map(len, processes))
+    for name, command in processes.items():
+        proc = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        children.append((name, proc))
+        threading.Thread(target=_pump, args=(name, proc.stdout, width), daemon=True).start()
+    print(f"launch | i2v on http://{env['HOST']}:{env['PORT']} (docs at /docs); Ctrl-C stops everything")
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set():
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"launch | {name} exited with {proc.returncode}; stopping")
+                    stopping.set()
+            stopping.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    for _, proc in reversed(children):
+        if proc.poll() is None:
+            proc.terminate()
+    for _, proc in reversed(children):
+        try:
+            proc.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

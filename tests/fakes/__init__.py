@@ -1,0 +1,33 @@
+"""HTTP fakes of the outside systems (Replicate, Pika, GAME), served on 127.0.0.1 for tests."""
+
+from .base import FakeServer, Fault, Headers, Recorded, wait_for
+from .game import Callback, FakeGame, payload_problems, verify_signature
+from .pika import FakePika, generation_problems
+from .replicate import (
+    CLIP_INTERROGATOR,
+    CLIP_MODEL_ID,
+    CLIP_VERSION,
+    DEFAULT_CAPTION,
+    FakeReplicate,
+    ModelSpec,
+)
+
+__all__ = [
+    "CLIP_INTERROGATOR",
+    "CLIP_MODEL_ID",
+    "CLIP_VERSION",
+    "DEFAULT_CAPTION",
+    "Callback",
+    "FakeGame",
+    "FakePika",
+    "FakeReplicate",
+    "FakeServer",
+    "Fault",
+    "Headers",
+    "ModelSpec",
+    "Recorded",
+    "generation_problems",
+    "payload_problems",
+    "verify_signature",
+    "wait_for",
+]

@@ -1,0 +1,99 @@
+"""Helpers shared by the test levels: waiting, worker processes and service environments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from launch import read_procfile, spawn
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Short timings, set through the same variables users set.
+FAST_TIMINGS = {
+    "INITIAL_WAIT_TIME": "0.2",
+    "POLL_INTERVAL": "0.1",
+    "MAX_CHECK_TIME": "2",
+    "CAPTION_POLL_INTERVAL": "0.05",
+    "CAPTION_TIMEOUT": "5",
+    "PROVIDER_RETRY_BUDGET": "3",
+    "RETRY_BASE_DELAY": "0.05",
+    "HTTP_CONNECT_TIMEOUT": "1",
+    "HTTP_READ_TIMEOUT": "1",
+    "CALLBACK_RETRY_DELAYS": "0.2,0.2,0.2",
+    "LOG_LEVEL": "DEBUG",
+}
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class ServiceProcess:
+    """One Procfile process (``web`` or ``worker``) run as the platform would, output to a log file."""
+
+    def __init__(self, kind: str, env: dict[str, str], log_dir: Path) -> None:
+        self.kind = kind
+        self.env = env
+        self.log_path = log_dir / f"{kind}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServiceProcess:
+        """Start the process with the Procfile's command."""
+        command = read_procfile()[self.kind]
+        self._log = self.log_path.open("wb")
+        self.proc = spawn(command, self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the whole process group (a work-horse included), as a platform would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash, an OOM kill of everything)."""
+        self.signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(timeout=5)
+
+
+def python_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a service process: this interpreter's PATH, no `.env` surprises."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIKA", "REPLICATE", "GAME", "CALLBACK"))}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
