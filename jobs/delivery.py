@@ -85,9 +85,9 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     }
     delays = ctx.settings.callback_retry_delays
     if result.delivered:
-        fields["callback_status"] = "delivered"
+        fields.update(callback_status="delivered", stage=None)
     elif result.status_code == 410 or attempt > len(delays):
-        fields["callback_status"] = "failed"
+        fields.update(callback_status="failed", stage=None)
     else:
         delay = max(delays[attempt - 1], result.retry_after or 0.0)
         when = datetime.now(UTC) + timedelta(seconds=delay)

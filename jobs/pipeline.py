@@ -28,7 +28,7 @@ from jobs.errors import (
     RequestCanceled,
     TransientError,
 )
-from jobs.store import Record
+from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def generate(ctx: Context, record: Record) -> None:
         video_url=video_url,
         title=title_from_video_url(video_url),
         provider_progress=100,
-        stage="delivering",
+        **delivering(record),
     )
     if finished:
         log_event(record, "completed", video_url=video_url)
@@ -86,7 +86,7 @@ def generate(ctx: Context, record: Record) -> None:
 def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
     """End a request with an error code (``canceled`` for a cancel) unless it already ended."""
     status = "canceled" if isinstance(exc, RequestCanceled) else "failed"
-    if ctx.store.finish(record.key, status, error_code=exc.code, error_message=exc.message, stage="delivering"):
+    if ctx.store.finish(record.key, status, error_code=exc.code, error_message=exc.message, **delivering(record)):
         log.warning(
             "request %s",
             status,
@@ -97,6 +97,11 @@ def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
                 "error": exc.message,
             },
         )
+
+
+def delivering(record: Record) -> dict[str, Any]:
+    """The fields that move a finishing record into the delivering stage."""
+    return {"stage": "delivering", "stages": {**record.stages, "delivering": now_iso()}}
 
 
 def deliver_first(ctx: Context, key: str) -> None:

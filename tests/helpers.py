@@ -28,7 +28,7 @@ FAST_TIMINGS = {
     "HTTP_CONNECT_TIMEOUT": "1",
     "HTTP_READ_TIMEOUT": "1",
     "CALLBACK_RETRY_DELAYS": "0.2,0.2,0.2",
-    "LOG_LEVEL": "DEBUG",
+    "LOG_LEVEL": "INFO",
 }
 
 

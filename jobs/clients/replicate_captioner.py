@@ -7,6 +7,7 @@ saved before any waiting starts: a restarted worker then waits on the same predi
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import replicate
 from replicate.exceptions import ReplicateError
 
 from config import Settings
+from jobs.clients.http import retry_after_seconds
 from jobs.errors import CaptionFailed, TransientError
 
 _RESETS_IN = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
@@ -53,11 +55,17 @@ class ReplicateCaptioner:
             write=settings.http_read_timeout,
             pool=settings.http_connect_timeout,
         )
+        self._last = threading.local()
         self.client = replicate.Client(
             api_token=settings.replicate_api_token,
             base_url=settings.replicate_base_url or None,
             timeout=timeout,
+            # The client's errors drop the response headers; keep Retry-After to honour it.
+            event_hooks={"response": [self._remember_retry_after]},
         )
+
+    def _remember_retry_after(self, response: httpx.Response) -> None:
+        self._last.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
 
     def model_input(self, image_url: str) -> dict[str, Any]:
         """The model input for an image, with the CLIP options from the settings."""
@@ -93,8 +101,8 @@ class ReplicateCaptioner:
         """Ask Replicate to cancel a prediction (best effort, errors are the caller's to log)."""
         self._call(self.client.predictions.cancel, prediction_id)
 
-    @staticmethod
-    def _call(method: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        self._last.retry_after = None
         try:
             return method(*args, **kwargs)
         except ReplicateError as exc:
@@ -102,12 +110,16 @@ class ReplicateCaptioner:
             detail = exc.detail or exc.title or "no detail"
             if status == 429:
                 match = _RESETS_IN.search(detail)
-                retry_after = float(match.group(1)) if match else None
+                retry_after = self._last.retry_after
+                if retry_after is None and match:
+                    retry_after = float(match.group(1))
                 raise TransientError(
                     f"Replicate throttled: {detail}", kind="throttled", retry_after=retry_after
                 ) from exc
             if status >= 500 or status == 0:
-                raise TransientError(f"Replicate answered {status}: {detail}", kind="server_error") from exc
+                raise TransientError(
+                    f"Replicate answered {status}: {detail}", kind="server_error", retry_after=self._last.retry_after
+                ) from exc
             raise CaptionFailed(f"Replicate refused ({status}): {detail}") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransientError(f"Replicate unreachable: {type(exc).__name__}", kind="connection", sent=False) from exc
