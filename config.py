@@ -82,6 +82,13 @@ class Settings:
     # Callbacks.
     callback_retry_delays: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
     callback_signing_secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Hosts a request may name in its own ``callback_url``; empty means the field is refused.
+    callback_url_allowlist: tuple[str, ...] = ()
+
+    # Recovery: how often the janitor looks, and how old a record must be before it does.
+    janitor_interval: float = 15.0
+    worker_heartbeat_interval: int = 10
+    janitor_grace: float = 30.0
 
     # Records and the web edge.
     record_ttl: int = 7 * 24 * 3600
@@ -101,12 +108,6 @@ class Settings:
         # Throttled submissions may wait up to one generation deadline before the real one starts.
         waits = self.caption_timeout + 2 * self.provider_retry_budget + 2 * self.generation_deadline
         return math.ceil(waits + 6 * (self.http_connect_timeout + self.http_read_timeout) + 60)
-
-    def eta_minutes(self) -> tuple[int, int]:
-        """The (earliest, latest) minutes until a callback, from the configured timing."""
-        low = max(1, math.ceil(self.initial_wait_time / 60))
-        high = max(low + 1, math.ceil(self.generation_deadline / 60))
-        return low, high
 
     def missing_worker_tokens(self) -> list[str]:
         """Names of the provider secrets a worker needs but does not have."""
@@ -155,6 +156,9 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "HTTP_CONNECT_TIMEOUT": ("http_connect_timeout", False, 0.1, None),
     "HTTP_READ_TIMEOUT": ("http_read_timeout", False, 0.1, None),
     "RECORD_TTL": ("record_ttl", True, 60, None),
+    "JANITOR_INTERVAL": ("janitor_interval", False, 0.1, None),
+    "JANITOR_GRACE": ("janitor_grace", False, 0, None),
+    "WORKER_HEARTBEAT_INTERVAL": ("worker_heartbeat_interval", True, 1, 600),
     "PIKA_FRAME_RATE": ("pika_frame_rate", True, 1, 24),
     "PIKA_MOTION": ("pika_motion", True, 1, 4),
     "PIKA_GUIDANCE_SCALE": ("pika_guidance_scale", False, 5, 25),
@@ -183,7 +187,16 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 #: Every variable the service reads, for documentation checks.
 VARIABLES = frozenset(
-    [*_NUMBERS, *_STRINGS, *_URLS, *_CHOICES, "REPLICATE_MODEL_ID", "CALLBACK_RETRY_DELAYS", "CALLBACK_SIGNING_SECRET"]
+    [
+        *_NUMBERS,
+        *_STRINGS,
+        *_URLS,
+        *_CHOICES,
+        "REPLICATE_MODEL_ID",
+        "CALLBACK_RETRY_DELAYS",
+        "CALLBACK_SIGNING_SECRET",
+        "CALLBACK_URL_ALLOWLIST",
+    ]
 )
 
 
@@ -241,6 +254,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["replicate_model_id"] = _parse_model_id(raw)
     if (raw := given("CALLBACK_RETRY_DELAYS")) is not None:
         values["callback_retry_delays"] = _parse_delays("CALLBACK_RETRY_DELAYS", raw)
+    if (raw := given("CALLBACK_URL_ALLOWLIST")) is not None:
+        values["callback_url_allowlist"] = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     if (raw := given("CALLBACK_SIGNING_SECRET")) is not None:
         values["callback_signing_secrets"] = _parse_secrets("CALLBACK_SIGNING_SECRET", raw)
     return Settings(**values)

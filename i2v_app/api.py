@@ -1,14 +1,18 @@
-"""The i2v API: submit an image, read a request's status."""
+"""The i2v API: submit an image, read a request's status, cancel it, send its callback again."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import g, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
-from i2v_app import services
+from i2v_app import eta, services
 from i2v_app.schemas import (
     REQUEST_ID_PATTERN,
     RequestHeadersSchema,
@@ -16,7 +20,7 @@ from i2v_app.schemas import (
     SubmitReplySchema,
     SubmitSchema,
 )
-from jobs.store import Record, enqueue_pipeline
+from jobs.store import Record, enqueue_delivery, enqueue_pipeline, job_id_for
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
 
@@ -26,15 +30,18 @@ def owner() -> str:
     return getattr(g, "owner", "")
 
 
-def eta_message() -> str:
-    """The submit reply's message, with the ETA from the configured timing."""
-    low, high = services.settings().eta_minutes()
-    return f"Video generation pipeline initialized | ETA: {low}-{high} minutes"
+def estimate(record: Record) -> tuple[int, int] | None:
+    """Expected and latest seconds to the callback, from the queue and the timing settings."""
+    if record.terminal:
+        return None
+    ahead, workers = services.queue_load(record) if record.status == "queued" else (0, 1)
+    return eta.estimate(services.settings(), record, ahead, workers)
 
 
 def present(record: Record) -> dict[str, Any]:
     """A record as the status endpoint shows it."""
     error = {"code": record.error_code, "message": record.error_message or ""} if record.error_code else None
+    expected = estimate(record)
     return {
         "request_id": record.request_id,
         "status": record.status,
@@ -54,7 +61,7 @@ def present(record: Record) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "stages": record.stages,
-        "eta_seconds": None,
+        "eta_seconds": expected[0] if expected else None,
     }
 
 
@@ -69,6 +76,22 @@ def find(request_id: str) -> Record:
     return record
 
 
+def check_callback_url(url: str | None) -> None:
+    """A per-request callback URL is honoured only for hosts in ``CALLBACK_URL_ALLOWLIST``."""
+    if url is None:
+        return
+    allowed = services.settings().callback_url_allowlist
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    if host not in allowed and netloc not in allowed:
+        abort(
+            422,
+            message="callback_url's host is not in CALLBACK_URL_ALLOWLIST",
+            errors={"callback_url": ["host not allowed"]},
+        )
+
+
 @blp.route("")
 class Submissions(MethodView):
     """Submitting images."""
@@ -81,22 +104,27 @@ class Submissions(MethodView):
     def post(self, headers: dict[str, str], body: dict[str, str]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Start turning an image into a video.
 
-        The reply comes at once; the video comes later by one callback to ``CALLBACK_API_URL`` for
-        this ``x-request-id``. Submitting the same id and image again changes nothing.
+        The reply comes at once; the video comes later by one callback for this
+        ``x-request-id`` (to ``CALLBACK_API_URL``, or to ``callback_url`` when its host is
+        allowed). Submitting the same id and image again starts nothing new.
         """
         request_id = headers["request_id"]
         g.request_id = request_id
-        record = Record(request_id=request_id, image_url=body["image_id"], owner=owner())
+        check_callback_url(body.get("callback_url"))
+        record = Record(
+            request_id=request_id, image_url=body["image_id"], owner=owner(), callback_url=body.get("callback_url")
+        )
         settings, queue = services.settings(), services.queue()
         stored, created = services.store().create(
             record, lambda pipe: enqueue_pipeline(queue, record, settings.job_timeout, pipe)
         )
         location = {"Location": url_for("i2v.RequestStatus", request_id=request_id)}
-        reply = {"message": eta_message(), "request_id": request_id}
+        if not created and stored.image_url != record.image_url:
+            abort(409, message=f"Request id {request_id!r} was already used with a different image")
+        expected, latest = estimate(stored) or (0, 0)
+        reply = {"message": eta.eta_text(expected, latest), "request_id": request_id}
         if created:
             return reply, 202, location
-        if stored.image_url != record.image_url:
-            abort(409, message=f"Request id {request_id!r} was already used with a different image")
         return {**reply, "status": stored.status}, 200, location
 
 
@@ -107,5 +135,42 @@ class RequestStatus(MethodView):
     @blp.response(200, RequestStatusSchema)
     @blp.alt_response(404, description="No such request")
     def get(self, request_id: str) -> dict[str, Any]:
-        """Read a request's status, stage, result and callback delivery."""
+        """Read a request's status, stage, result, callback delivery and ETA."""
         return present(find(request_id))
+
+    @blp.response(202, RequestStatusSchema)
+    @blp.alt_response(404, description="No such request")
+    @blp.alt_response(409, description="The request has already finished")
+    def delete(self, request_id: str) -> tuple[dict[str, Any], int]:
+        """Cancel a request.
+
+        A queued request never reaches a provider; a running one stops at its next step. The
+        request ends ``canceled`` and exactly one FAILED callback goes out.
+        """
+        record = find(request_id)
+        store, queue = services.store(), services.queue()
+        if not store.cancel(record):
+            abort(409, message=f"Request {request_id!r} has already finished ({record.status})")
+        with contextlib.suppress(NoSuchJobError):
+            job = Job.fetch(job_id_for(record.owner, record.request_id), connection=services.redis())
+            if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                job.cancel()
+        enqueue_delivery(queue, record.key)
+        return present(store.get_by_key(record.key) or record), 202
+
+
+@blp.route("/<string:request_id>/callback")
+class Redelivery(MethodView):
+    """A request's callback."""
+
+    @blp.response(202, RequestStatusSchema)
+    @blp.alt_response(404, description="No such request")
+    @blp.alt_response(409, description="The callback is not in the failed state")
+    def post(self, request_id: str) -> tuple[dict[str, Any], int]:
+        """Send a callback again after it ran out of retries (same ``webhook-id``)."""
+        record = find(request_id)
+        store = services.store()
+        if not store.reset_callback(record.key):
+            abort(409, message=f"The callback of {request_id!r} is {record.callback_status}, not failed")
+        enqueue_delivery(services.queue(), record.key)
+        return present(store.get_by_key(record.key) or record), 202

@@ -36,16 +36,16 @@ def validate_request_id(value: str) -> None:
 def validate_image_url(value: str) -> None:
     """Accept absolute http(s) URLs with a host, at most 2,048 characters."""
     if len(value) > MAX_URL_LENGTH:
-        raise ValidationError(f"image_id is longer than {MAX_URL_LENGTH} characters")
+        raise ValidationError(f"longer than {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(value)
         host = parts.hostname
     except ValueError as exc:
-        raise ValidationError(f"image_id is not a valid URL: {exc}") from None
+        raise ValidationError(f"not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ValidationError("image_id must be an absolute http or https URL")
+        raise ValidationError("must be an absolute http or https URL")
     if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise ValidationError("image_id must not contain whitespace or control characters")
+        raise ValidationError("must not contain whitespace or control characters")
 
 
 class RequestHeadersSchema(Schema):
@@ -74,10 +74,19 @@ class SubmitSchema(Schema):
         metadata={"description": "Public URL of the image to animate (HTML-escaped URLs are accepted)."},
     )
 
+    callback_url = fields.String(
+        load_default=None,
+        validate=validate_image_url,
+        metadata={"description": "Where to send this request's callback; only hosts in CALLBACK_URL_ALLOWLIST."},
+    )
+
     @pre_load
     def _unescape(self, data: Any, **_: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("image_id"), str):
-            data = {**data, "image_id": unescape_url(data["image_id"])}
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in ("image_id", "callback_url"):
+                if isinstance(data.get(name), str):
+                    data[name] = unescape_url(data[name])
         return data
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import current_app
 from redis import Redis
 from rq import Queue
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from config import Settings
-from jobs.store import RequestStore
+from jobs.store import Record, RequestStore, job_id_for
 
 
 def settings() -> Settings:
@@ -28,3 +29,13 @@ def queue() -> Queue:
 def store() -> RequestStore:
     """The request record store."""
     return current_app.extensions["i2v"]["store"]
+
+
+def queue_load(record: Record) -> tuple[int, int]:
+    """(requests ahead of this one in the queue, workers serving the queue), in one round trip."""
+    q = queue()
+    with redis().pipeline(transaction=False) as pipe:
+        pipe.lpos(q.key, job_id_for(record.owner, record.request_id))
+        pipe.scard(WORKERS_BY_QUEUE_KEY % q.name)
+        position, workers = pipe.execute()
+    return (position if position is not None else 0), int(workers)

@@ -19,7 +19,7 @@ from typing import Any
 
 from jobs.clients.game import callback_url, same_host
 from jobs.context import Context, get_context
-from jobs.store import DELIVERY_JOB, Record, request_digest
+from jobs.store import DELIVERY_JOB, Record, delivery_job_id, request_digest
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,17 @@ def delivery_target(ctx: Context, record: Record) -> tuple[str, dict[str, str]]:
     return url, headers
 
 
+def claim_ttl(ctx: Context) -> float:
+    """How long an attempt's claim holds: longer than any one attempt can take."""
+    return ctx.settings.http_connect_timeout + ctx.settings.http_read_timeout + 5
+
+
 def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     """Make delivery attempt number ``attempt`` (1-based) of a finished request's callback."""
     record = ctx.store.get_by_key(key)
     if record is None or not record.terminal or record.callback_status != "pending":
         return
-    if attempt <= record.callback_attempts or not ctx.store.set_if_absent(key, f"callback_claim_{attempt}", 1):
+    if attempt <= record.callback_attempts or not ctx.store.claim(key, f"callback_claim_{attempt}", claim_ttl(ctx)):
         return  # this attempt was already made, or another process is making it
 
     body = json.dumps(callback_payload(record), separators=(",", ":")).encode()
@@ -97,10 +102,12 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
             DELIVERY_JOB,
             key,
             attempt + 1,
-            job_id=f"i2v-cb-{key.rsplit(':', 1)[-1]}-{attempt + 1}",
+            job_id=delivery_job_id(key, attempt + 1),
             result_ttl=600,
         )
     ctx.store.update(key, **fields)
+    if "callback_status" in fields:
+        ctx.store.settle(key)
     log.info(
         "callback attempt",
         extra={

@@ -119,7 +119,13 @@ def caption(ctx: Context, record: Record) -> str:
             record.caption_started_at = time.time()
             ctx.store.update(record.key, caption_started_at=record.caption_started_at)
         prediction_id = record.prediction_id or create_prediction(ctx, record)
-        prompt = wait_for_prediction(ctx, record, prediction_id)
+        try:
+            prompt = wait_for_prediction(ctx, record, prediction_id)
+        except RequestCanceled:
+            # Nobody will read this caption: stop paying for it.
+            with contextlib.suppress(TransientError, CaptionFailed):
+                ctx.captioner.cancel(prediction_id)
+            raise
         record.prompt = prompt
         ctx.store.update(record.key, prompt=prompt)
         return prompt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +30,32 @@ DELIVERY_JOB = "jobs.delivery.deliver_callback"
 PIPELINE_RETRIES = 5
 
 KEY_PREFIX = "i2v:req:"
+#: Records whose request or callback is not settled yet (sorted by creation): what the janitor checks.
+ACTIVE_KEY = "i2v:active"
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 STAGES = ("captioning", "submitting", "waiting", "polling", "delivering")
+
+# Start delivery over after a callback ran out of retries: forget the attempts and their claims.
+_RESET_CALLBACK = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'callback_status')
+if not fields[1] then return -1 end
+if fields[2] ~= 'failed' then return 0 end
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(name, 1, 15) == 'callback_claim_' then redis.call('HDEL', KEYS[1], name) end
+end
+redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_attempts', '0',
+           'callback_next_attempt_at', ARGV[1], 'stage', 'delivering', 'updated_at', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+return 1
+"""
+
+# Claim a step (a delivery attempt) unless someone claimed it recently; a stale claim is a dead owner's.
+_CLAIM = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and tonumber(ARGV[2]) - tonumber(held) < tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -111,7 +136,7 @@ class Record:
 
     def to_redis(self) -> dict[str, str]:
         """The hash fields to write."""
-        # Unset fields are left out so that set_if_absent (HSETNX) can claim them later.
+        # Unset fields are left out: absent and empty read back the same, and the hash stays small.
         return {
             name: encode_field(name, value)
             for name, value in self.__dict__.items()
@@ -173,6 +198,18 @@ def enqueue_pipeline(queue: Queue, record: Record, job_timeout: int, pipeline: P
     )
 
 
+def delivery_job_id(key: str, attempt: int) -> str:
+    """The RQ job id of delivery attempt ``attempt`` of a record's callback."""
+    return f"i2v-cb-{key.rsplit(':', 1)[-1]}-{attempt}"
+
+
+def enqueue_delivery(queue: Queue, key: str, attempt: int = 1) -> Job:
+    """Enqueue a callback delivery attempt at the front: a finished request should not wait in line."""
+    return queue.enqueue_call(
+        DELIVERY_JOB, args=(key, attempt), job_id=delivery_job_id(key, attempt), at_front=True, result_ttl=600
+    )
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -189,6 +226,8 @@ class RequestStore:
         self.redis = redis
         self.ttl = ttl
         self._finish = redis.register_script(_FINISH)
+        self._reset_callback = redis.register_script(_RESET_CALLBACK)
+        self._claim = redis.register_script(_CLAIM)
 
     def create(self, record: Record, enqueue: Callable[[Pipeline], Any]) -> tuple[Record, bool]:
         """Store a new record and enqueue its job in one transaction, unless the id exists.
@@ -210,6 +249,7 @@ class RequestStore:
                     pipe.multi()
                     pipe.hset(key, mapping=record.to_redis())
                     pipe.expire(key, self.ttl)
+                    pipe.zadd(ACTIVE_KEY, {key: time.time()})
                     enqueue(pipe)
                     pipe.execute()
                     return record, True
@@ -253,6 +293,47 @@ class RequestStore:
             argv += [name, encode_field(name, value)]
         return self._finish(keys=[key], args=argv) == 1
 
-    def set_if_absent(self, key: str, name: str, value: Any) -> bool:
-        """Write one field only if it is not set yet (used for intent markers)."""
-        return bool(self.redis.hsetnx(key, name, encode_field(name, value)))
+    def cancel(self, record: Record) -> bool:
+        """Mark an unfinished request canceled (the worker stops at its next step).
+
+        Returns:
+            False when the request had already finished.
+        """
+        stamp = now_iso()
+        fields = {
+            "cancel_requested": True,
+            "status": "canceled",
+            "error_code": "canceled",
+            "error_message": "canceled by the caller",
+            "stage": "delivering",
+            "stages": {**record.stages, "delivering": stamp},
+            "updated_at": stamp,
+        }
+        argv: list[str] = []
+        for name, value in fields.items():
+            argv += [name, encode_field(name, value)]
+        return self._finish(keys=[record.key], args=argv) == 1
+
+    def reset_callback(self, key: str) -> bool:
+        """Make a callback that ran out of retries deliverable again.
+
+        Returns:
+            False unless the callback's status was ``failed``.
+        """
+        return self._reset_callback(keys=[key, ACTIVE_KEY], args=[now_iso(), time.time()]) == 1
+
+    def settle(self, key: str) -> None:
+        """Take a record whose callback is delivered or given up off the janitor's list."""
+        self.redis.zrem(ACTIVE_KEY, key)
+
+    def active(self, older_than: float) -> list[str]:
+        """Keys of unsettled records created more than ``older_than`` seconds ago."""
+        keys = self.redis.zrangebyscore(ACTIVE_KEY, "-inf", time.time() - older_than)
+        return [_text(k) for k in keys]
+
+    def claim(self, key: str, name: str, stale_after: float) -> bool:
+        """Claim the step ``name`` of a record, unless it was claimed less than ``stale_after`` s ago.
+
+        A claim older than that belongs to a process that died mid-step, so it may be taken over.
+        """
+        return self._claim(keys=[key], args=[name, time.time(), stale_after]) == 1

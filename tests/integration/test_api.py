@@ -47,7 +47,7 @@ def test_eta_reflects_the_configured_timing(app, client) -> None:
     app.extensions["i2v"]["settings"] = app.extensions["i2v"]["settings"].__class__(
         initial_wait_time=300, max_check_time=420
     )
-    assert submit(client).get_json()["message"] == "Video generation pipeline initialized | ETA: 5-12 minutes"
+    assert submit(client).get_json()["message"] == "Video generation pipeline initialized | ETA: 6-13 minutes"
 
 
 def test_same_id_and_image_again_is_200_with_status_and_enqueues_nothing(client, redis, settings) -> None:

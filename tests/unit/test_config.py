@@ -28,11 +28,6 @@ def test_job_timeout_covers_the_whole_wait_and_never_falls_to_rq_default() -> No
     assert s.job_timeout > s.initial_wait_time + s.max_check_time + s.caption_timeout
 
 
-def test_eta_follows_the_configured_timing() -> None:
-    assert settings_from({"INITIAL_WAIT_TIME": "300", "MAX_CHECK_TIME": "420"}).eta_minutes() == (5, 12)
-    assert settings_from({"INITIAL_WAIT_TIME": "60", "MAX_CHECK_TIME": "420"}).eta_minutes() == (1, 8)
-
-
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -1,0 +1,57 @@
+"""Time-to-callback estimates: the request's place in the queue, the workers, and the timing settings."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from config import Settings
+from jobs.store import Record
+
+#: What a CLIP Interrogator caption usually takes in ``best`` mode.
+TYPICAL_CAPTION_SECONDS = 20.0
+
+
+def typical_run(settings: Settings) -> float:
+    """Seconds one request usually holds a worker: caption, initial wait, one poll."""
+    return TYPICAL_CAPTION_SECONDS + settings.initial_wait_time + settings.poll_interval
+
+
+def latest_run(settings: Settings) -> float:
+    """Seconds one request holds a worker at most before giving up on the video."""
+    return TYPICAL_CAPTION_SECONDS + settings.generation_deadline
+
+
+def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tuple[int, int] | None:
+    """Expected and latest seconds until the callback; None once the request has finished.
+
+    Args:
+        settings: the timing settings.
+        record: the request.
+        ahead: requests in the queue before this one (for a queued request).
+        workers: worker processes serving the queue (at least one is assumed).
+    """
+    if record.terminal:
+        return None
+    now = time.time()
+    if record.status == "queued":
+        # Each worker takes one request at a time: the queue drains in waves of `workers`.
+        wait = (ahead // max(workers, 1)) * typical_run(settings)
+        return math.ceil(wait + typical_run(settings)), math.ceil(wait + latest_run(settings))
+    if record.submitted_at:
+        first_poll = record.submitted_at + settings.initial_wait_time
+        expected = max(first_poll - now, 0.0) + settings.poll_interval
+        latest = record.submitted_at + settings.generation_deadline - now
+    else:
+        elapsed = now - (record.caption_started_at or now)
+        expected = typical_run(settings) - elapsed
+        latest = latest_run(settings) - elapsed
+    expected = max(expected, settings.poll_interval)
+    return math.ceil(expected), math.ceil(max(latest, expected))
+
+
+def eta_text(expected: int, latest: int) -> str:
+    """The submit reply's message for an estimate."""
+    low = max(1, math.ceil(expected / 60))
+    high = max(low + 1, math.ceil(latest / 60))
+    return f"Video generation pipeline initialized | ETA: {low}-{high} minutes"

@@ -1,0 +1,133 @@
+"""The janitor: makes sure every request keeps moving after crashes, and every callback goes out.
+
+The Procfile runs it as ``scheduler``. Every ``JANITOR_INTERVAL`` seconds it
+
+- hands RQ the executions whose worker stopped heart-beating (a SIGKILL, an OOM kill): RQ retries
+  them, and the job resumes from its record — the same prediction, the same Pika job;
+- re-enqueues unfinished requests whose job is gone, and fails those whose job failed for good;
+- restarts callback delivery that a crash interrupted.
+
+Workers only notice abandoned jobs between jobs, which with long waits may be never; this process
+makes recovery independent of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from config import ConfigError, configure_logging, load_settings
+from jobs.context import Context, build_context
+from jobs.delivery import claim_ttl
+from jobs.errors import InternalError
+from jobs.pipeline import fail
+from jobs.store import Record, delivery_job_id, enqueue_delivery, enqueue_pipeline, job_id_for
+
+log = logging.getLogger(__name__)
+
+PENDING = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
+
+
+def job_status(ctx: Context, job_id: str) -> JobStatus | None:
+    """The RQ status of a job, or None when the job does not exist."""
+    try:
+        return Job.fetch(job_id, connection=ctx.redis).get_status()
+    except NoSuchJobError:
+        return None
+
+
+def sweep(ctx: Context) -> dict[str, int]:
+    """One round of checks. Returns counts of what it did, for logs and tests."""
+    done = {"abandoned": 0, "requeued": 0, "failed": 0, "redelivered": 0}
+    registry = StartedJobRegistry(queue=ctx.queue)
+    expired = registry.get_expired_job_ids()
+    if expired:
+        registry.cleanup()
+        done["abandoned"] = len(expired)
+        log.warning("abandoned jobs handed back to RQ", extra={"jobs": expired})
+    for key in ctx.store.active(older_than=ctx.settings.janitor_grace):
+        record = ctx.store.get_by_key(key)
+        if record is None:
+            ctx.store.settle(key)
+        elif not record.terminal:
+            outcome = check_request(ctx, record)
+            if outcome:
+                done[outcome] += 1
+        elif record.callback_status == "pending":
+            done["redelivered"] += check_delivery(ctx, record)
+        else:
+            ctx.store.settle(key)
+    return done
+
+
+def check_request(ctx: Context, record: Record) -> str | None:
+    """Make sure an unfinished request has a live job; say what was done about it, if anything."""
+    job_id = job_id_for(record.owner, record.request_id)
+    status = job_status(ctx, job_id)
+    if status in PENDING:
+        return None
+    if status == JobStatus.FAILED:
+        # RQ gave up (retries used up) but the failure callback never ran: fail the request here.
+        fail(ctx, record, InternalError("the pipeline job failed and could not be retried"))
+        enqueue_delivery(ctx.queue, record.key)
+        return "failed"
+    with ctx.redis.pipeline() as pipe:
+        enqueue_pipeline(ctx.queue, record, ctx.settings.job_timeout, pipe)
+        pipe.execute()
+    log.warning("re-enqueued a request whose job was gone", extra={"request_id": record.request_id, "rq": status})
+    return "requeued"
+
+
+def check_delivery(ctx: Context, record: Record) -> int:
+    """Restart a callback whose next attempt is overdue and not queued; 1 if it was restarted."""
+    attempt = record.callback_attempts + 1
+    due = _timestamp(record.callback_next_attempt_at) if record.callback_attempts else _timestamp(record.updated_at)
+    overdue = time.time() - (due or 0) > claim_ttl(ctx)
+    if not overdue or job_status(ctx, delivery_job_id(record.key, attempt)) in PENDING:
+        return 0
+    enqueue_delivery(ctx.queue, record.key, attempt)
+    log.warning("restarted an interrupted callback", extra={"request_id": record.request_id, "attempt": attempt})
+    return 1
+
+
+def _timestamp(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+def main() -> int:
+    """Run sweeps until SIGTERM or SIGINT; Redis outages are logged and waited out."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"i2v janitor: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings)
+    ctx = build_context(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("janitor started", extra={"interval_s": settings.janitor_interval})
+    while not stop.is_set():
+        try:
+            done = sweep(ctx)
+            if any(done.values()):
+                log.info("janitor sweep", extra=done)
+        except RedisError as exc:
+            log.error("janitor cannot reach Redis: %s", type(exc).__name__)
+        stop.wait(settings.janitor_interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
