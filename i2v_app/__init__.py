@@ -53,12 +53,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api = ProblemApi(app)
     from i2v_app import api as api_module
-    from i2v_app import docs, meta
+    from i2v_app import cli, docs, meta
 
     api.register_blueprint(api_module.blp)
     api.register_blueprint(meta.blp)
     app.register_blueprint(docs.assets)
     register_error_handlers(app)
+    cli.register(app)
     return app
 
 

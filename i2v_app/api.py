@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import g, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
-from i2v_app import eta, services
+from i2v_app import eta, lifecycle, services
 from i2v_app.schemas import (
     REQUEST_ID_PATTERN,
     RequestHeadersSchema,
@@ -20,7 +17,7 @@ from i2v_app.schemas import (
     SubmitReplySchema,
     SubmitSchema,
 )
-from jobs.store import Record, enqueue_delivery, enqueue_pipeline, job_id_for
+from jobs.store import Record
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
 
@@ -114,10 +111,7 @@ class Submissions(MethodView):
         record = Record(
             request_id=request_id, image_url=body["image_id"], owner=owner(), callback_url=body.get("callback_url")
         )
-        settings, queue = services.settings(), services.queue()
-        stored, created = services.store().create(
-            record, lambda pipe: enqueue_pipeline(queue, record, settings.job_timeout, pipe)
-        )
+        stored, created = lifecycle.submit(record)
         location = {"Location": url_for("i2v.RequestStatus", request_id=request_id)}
         if not created and stored.image_url != record.image_url:
             abort(409, message=f"Request id {request_id!r} was already used with a different image")
@@ -147,16 +141,10 @@ class RequestStatus(MethodView):
         A queued request never reaches a provider; a running one stops at its next step. The
         request ends ``canceled`` and exactly one FAILED callback goes out.
         """
-        record = find(request_id)
-        store, queue = services.store(), services.queue()
-        if not store.cancel(record):
-            abort(409, message=f"Request {request_id!r} has already finished ({record.status})")
-        with contextlib.suppress(NoSuchJobError):
-            job = Job.fetch(job_id_for(record.owner, record.request_id), connection=services.redis())
-            if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-                job.cancel()
-        enqueue_delivery(queue, record.key)
-        return present(store.get_by_key(record.key) or record), 202
+        try:
+            return present(lifecycle.cancel(find(request_id))), 202
+        except lifecycle.Conflict as exc:
+            abort(409, message=str(exc))
 
 
 @blp.route("/<string:request_id>/callback")
@@ -168,9 +156,7 @@ class Redelivery(MethodView):
     @blp.alt_response(409, description="The callback is not in the failed state")
     def post(self, request_id: str) -> tuple[dict[str, Any], int]:
         """Send a callback again after it ran out of retries (same ``webhook-id``)."""
-        record = find(request_id)
-        store = services.store()
-        if not store.reset_callback(record.key):
-            abort(409, message=f"The callback of {request_id!r} is {record.callback_status}, not failed")
-        enqueue_delivery(services.queue(), record.key)
-        return present(store.get_by_key(record.key) or record), 202
+        try:
+            return present(lifecycle.redeliver(find(request_id))), 202
+        except lifecycle.Conflict as exc:
+            abort(409, message=str(exc))

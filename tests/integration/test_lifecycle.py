@@ -256,3 +256,17 @@ def test_status_eta_counts_the_queue(client, redis, fakes, count) -> None:
         submit(client, f"eta-{n}")
     etas = [status_of(client, f"eta-{n}")["eta_seconds"] for n in range(count)]
     assert etas == sorted(etas) and etas[0] < etas[-1]
+
+
+def test_cli_status_cancel_and_redeliver(runner, client, fakes) -> None:
+    submit(client, "cli-1")
+    out = runner.invoke(args=["i2v", "status", "cli-1"])
+    assert out.exit_code == 0 and '"status": "queued"' in out.output
+    out = runner.invoke(args=["i2v", "cancel", "cli-1"])
+    assert out.exit_code == 0 and '"status": "canceled"' in out.output
+    out = runner.invoke(args=["i2v", "cancel", "cli-1"])
+    assert out.exit_code != 0 and "already finished" in out.output
+    out = runner.invoke(args=["i2v", "redeliver", "cli-1"])
+    assert out.exit_code != 0 and "not failed" in out.output
+    out = runner.invoke(args=["i2v", "status", "nope"])
+    assert out.exit_code != 0 and "no request" in out.output

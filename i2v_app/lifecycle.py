@@ -1,0 +1,57 @@
+"""What can be done to a request, shared by the HTTP API and the flask CLI."""
+
+from __future__ import annotations
+
+import contextlib
+
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from i2v_app import services
+from jobs.store import Record, enqueue_delivery, enqueue_pipeline, job_id_for
+
+
+class Conflict(Exception):
+    """The request is not in a state that allows this."""
+
+
+def submit(record: Record) -> tuple[Record, bool]:
+    """Store a new request and enqueue its job, or return the one stored under its id.
+
+    Returns:
+        The stored record and whether it was created now.
+    """
+    settings, queue = services.settings(), services.queue()
+    return services.store().create(record, lambda pipe: enqueue_pipeline(queue, record, settings.job_timeout, pipe))
+
+
+def cancel(record: Record) -> Record:
+    """Cancel a request: a queued one never runs, a running one stops at its next step.
+
+    Exactly one FAILED callback follows.
+
+    Raises:
+        Conflict: the request had already finished.
+    """
+    store = services.store()
+    if not store.cancel(record):
+        raise Conflict(f"request {record.request_id!r} has already finished ({record.status})")
+    with contextlib.suppress(NoSuchJobError):
+        job = Job.fetch(job_id_for(record.owner, record.request_id), connection=services.redis())
+        if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            job.cancel()
+    enqueue_delivery(services.queue(), record.key)
+    return store.get_by_key(record.key) or record
+
+
+def redeliver(record: Record) -> Record:
+    """Send a callback again after it ran out of retries (same ``webhook-id``).
+
+    Raises:
+        Conflict: the callback is pending or was delivered.
+    """
+    store = services.store()
+    if not store.reset_callback(record.key):
+        raise Conflict(f"the callback of {record.request_id!r} is {record.callback_status}, not failed")
+    enqueue_delivery(services.queue(), record.key)
+    return store.get_by_key(record.key) or record
