@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,9 +70,15 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def signal(self, sig: int) -> None:
-        """Send a signal to the whole process group (a work-horse included), as a platform would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+        """Send a signal to the process and all its descendants, as a platform stopping a dyno would.
+
+        RQ's work-horse moves to a process group of its own, so a group signal would miss it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``."""
@@ -91,6 +98,27 @@ class ServiceProcess:
         self.signal(signal.SIGKILL)
         if self.proc:
             self.proc.wait(timeout=5)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of a process (children first), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:

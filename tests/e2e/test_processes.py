@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
 import subprocess
@@ -108,36 +106,12 @@ def exit_code(process: ServiceProcess, timeout: float = EXIT_TIMEOUT) -> int:
         raise AssertionError(f"{process.kind} still running after {timeout:g} s:\n{process.output[-500:]}") from None
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, found by walking the parent links the kernel reports."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            parent = int(stat.read_text().rpartition(")")[2].split()[1])
-            children.setdefault(parent, []).append(int(stat.parent.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
 def signal_everything(process: ServiceProcess, sig: int) -> None:
-    """Send ``sig`` to a Procfile process and all its children, as a platform stopping a container does.
-
-    Signalling the process group is not enough: an RQ work-horse runs in a process group of its own.
-    """
-    assert process.proc is not None
-    below = descendants(process.proc.pid)
+    """Send ``sig`` to a Procfile process and all its children, as a platform stopping a container does."""
     if sig == signal.SIGKILL:
         process.kill()
     else:
         process.signal(sig)
-    for pid in below:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def only_callback(fake_game: FakeGame, request_id: str) -> dict[str, Any]:

@@ -1,0 +1,96 @@
+"""Which image URLs the service accepts: public http(s) hosts only.
+
+Pure logic, used by the web process to validate submissions and by anything that downloads, which
+re-checks every resolved address (and every redirect) with :func:`is_public_address`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+#: Names that mean "this machine" or "this network" without being IP literals.
+_LOCAL_NAMES = re.compile(r"(^|\.)(localhost|localdomain|local|internal|intranet|lan|home\.arpa|arpa)$")
+# Integer forms a resolver would accept as IPv4: 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
+_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
+
+
+class UnsafeURL(ValueError):
+    """The URL must not be fetched; the message says why."""
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is globally routable (not loopback, private, link-local, multicast...)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if mapped is not None:
+            return is_public_address(mapped)
+    return bool(
+        address.is_global
+        and not (address.is_multicast or address.is_reserved or address.is_loopback or address.is_link_local)
+        and not address.is_unspecified
+        and not address.is_private
+    )
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """Parse the legacy numeric IPv4 notations (decimal, octal, hex, short forms) like a resolver."""
+    if not _NUMERIC_HOST.match(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a host names literally, in any notation; None for a DNS name."""
+    bare = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        return _inet_aton(bare)
+
+
+def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
+    """Return ``url`` if the service may fetch it or hand it to a provider, else raise.
+
+    Hosts in ``allowlist`` (``IMAGE_HOST_ALLOWLIST``) skip the address rules, for local set-ups.
+
+    Raises:
+        UnsafeURL: with the reason.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeURL(f"longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise UnsafeURL("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("must be an http or https URL")
+    if not host:
+        raise UnsafeURL("must name a host")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UnsafeURL("must not carry a user name or password")
+    host = host.rstrip(".").lower()
+    if host in allowlist:
+        return url
+    address = literal_address(host)
+    if address is not None:
+        if not is_public_address(address):
+            raise UnsafeURL("must not point at a loopback, private, link-local, multicast or reserved address")
+        return url
+    if "." not in host or _LOCAL_NAMES.search(host):
+        raise UnsafeURL("must name a public host, not a local one")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise UnsafeURL("has an invalid host name") from None
+    return url
