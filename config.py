@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -90,6 +92,18 @@ class Settings:
     worker_heartbeat_interval: int = 10
     janitor_grace: float = 30.0
 
+    # Who may call, and how much.
+    #: SHA-256 hex digests of the accepted API keys (plain keys are hashed at load time).
+    api_key_digests: tuple[str, ...] = field(default=(), repr=False)
+    auth_disabled: bool = False
+    image_host_allowlist: tuple[str, ...] = ()
+    #: (requests, window seconds) per API key, or None for no limit.
+    rate_limit: tuple[int, int] | None = None
+    max_queued: int = 10000
+    max_body_bytes: int = 64 * 1024
+    #: Requests in flight at Pika at once (0: no cap beyond the number of workers).
+    pika_max_concurrency: int = 0
+
     # Records and the web edge.
     record_ttl: int = 7 * 24 * 3600
     log_level: str = "INFO"
@@ -156,6 +170,9 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "HTTP_CONNECT_TIMEOUT": ("http_connect_timeout", False, 0.1, None),
     "HTTP_READ_TIMEOUT": ("http_read_timeout", False, 0.1, None),
     "RECORD_TTL": ("record_ttl", True, 60, None),
+    "MAX_QUEUED": ("max_queued", True, 1, None),
+    "MAX_BODY_BYTES": ("max_body_bytes", True, 256, None),
+    "PIKA_MAX_CONCURRENCY": ("pika_max_concurrency", True, 0, None),
     "JANITOR_INTERVAL": ("janitor_interval", False, 0.1, None),
     "JANITOR_GRACE": ("janitor_grace", False, 0, None),
     "WORKER_HEARTBEAT_INTERVAL": ("worker_heartbeat_interval", True, 1, 600),
@@ -196,8 +213,54 @@ VARIABLES = frozenset(
         "CALLBACK_RETRY_DELAYS",
         "CALLBACK_SIGNING_SECRET",
         "CALLBACK_URL_ALLOWLIST",
+        "I2V_API_KEYS",
+        "I2V_AUTH_DISABLED",
+        "IMAGE_HOST_ALLOWLIST",
+        "RATE_LIMIT",
     ]
 )
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _parse_api_keys(raw: str) -> tuple[str, ...]:
+    """API keys, comma-separated: plain keys, or their SHA-256 as ``sha256:<hex>`` (or bare 64 hex digits)."""
+    digests = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        hexed = entry.removeprefix("sha256:")
+        if _HEX64.fullmatch(hexed):
+            digests.append(hexed.lower())
+        elif entry.startswith("sha256:"):
+            raise ConfigError("I2V_API_KEYS: a sha256: entry must hold 64 hex digits")
+        else:
+            digests.append(hashlib.sha256(entry.encode()).hexdigest())
+    return tuple(digests)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false), got {raw!r}")
+
+
+def _parse_hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+
+
+def _parse_rate(name: str, raw: str) -> tuple[int, int]:
+    """``120/minute`` → (120, 60); the window is second, minute, hour or day."""
+    count, sep, window = raw.partition("/")
+    seconds = _WINDOWS.get(window.strip().lower().removesuffix("s")) if sep else None
+    if seconds is None or not count.strip().isdigit() or int(count) < 1:
+        raise ConfigError(f"{name} must look like 120/minute (per second, minute, hour or day), got {raw!r}")
+    return int(count), seconds
 
 
 def _parse_delays(name: str, raw: str) -> tuple[float, ...]:
@@ -254,8 +317,16 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["replicate_model_id"] = _parse_model_id(raw)
     if (raw := given("CALLBACK_RETRY_DELAYS")) is not None:
         values["callback_retry_delays"] = _parse_delays("CALLBACK_RETRY_DELAYS", raw)
+    if (raw := given("I2V_API_KEYS")) is not None:
+        values["api_key_digests"] = _parse_api_keys(raw)
+    if (raw := given("I2V_AUTH_DISABLED")) is not None:
+        values["auth_disabled"] = _parse_bool("I2V_AUTH_DISABLED", raw)
+    if (raw := given("IMAGE_HOST_ALLOWLIST")) is not None:
+        values["image_host_allowlist"] = _parse_hosts(raw)
+    if (raw := given("RATE_LIMIT")) is not None:
+        values["rate_limit"] = _parse_rate("RATE_LIMIT", raw)
     if (raw := given("CALLBACK_URL_ALLOWLIST")) is not None:
-        values["callback_url_allowlist"] = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+        values["callback_url_allowlist"] = _parse_hosts(raw)
     if (raw := given("CALLBACK_SIGNING_SECRET")) is not None:
         values["callback_signing_secrets"] = _parse_secrets("CALLBACK_SIGNING_SECRET", raw)
     return Settings(**values)

@@ -20,10 +20,12 @@ from i2v_app.schemas import (
 from jobs.store import Record
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
+#: Every operation here needs an API key (see i2v_app.auth); the spec says so for Swagger UI.
+SECURED = {"security": [{"bearerAuth": []}]}
 
 
 def owner() -> str:
-    """Whose requests these are: the API key's identity once keys exist, else nobody in particular."""
+    """Whose requests these are: the calling API key's id ("" when authentication is disabled)."""
     return getattr(g, "owner", "")
 
 
@@ -93,6 +95,7 @@ def check_callback_url(url: str | None) -> None:
 class Submissions(MethodView):
     """Submitting images."""
 
+    @blp.doc(**SECURED)
     @blp.arguments(RequestHeadersSchema, location="headers")
     @blp.arguments(SubmitSchema)
     @blp.response(202, SubmitReplySchema)
@@ -126,12 +129,14 @@ class Submissions(MethodView):
 class RequestStatus(MethodView):
     """One request."""
 
+    @blp.doc(**SECURED)
     @blp.response(200, RequestStatusSchema)
     @blp.alt_response(404, description="No such request")
     def get(self, request_id: str) -> dict[str, Any]:
         """Read a request's status, stage, result, callback delivery and ETA."""
         return present(find(request_id))
 
+    @blp.doc(**SECURED)
     @blp.response(202, RequestStatusSchema)
     @blp.alt_response(404, description="No such request")
     @blp.alt_response(409, description="The request has already finished")
@@ -151,6 +156,7 @@ class RequestStatus(MethodView):
 class Redelivery(MethodView):
     """A request's callback."""
 
+    @blp.doc(**SECURED)
     @blp.response(202, RequestStatusSchema)
     @blp.alt_response(404, description="No such request")
     @blp.alt_response(409, description="The callback is not in the failed state")

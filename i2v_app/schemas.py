@@ -5,13 +5,14 @@ from __future__ import annotations
 import html
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
+from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+
+from jobs.urlpolicy import UnsafeURL, check_image_url
 
 #: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:~]{1,128}")
-MAX_URL_LENGTH = 2048
 
 
 def unescape_url(value: str) -> str:
@@ -33,19 +34,24 @@ def validate_request_id(value: str) -> None:
         raise ValidationError("x-request-id may only hold letters, digits and - _ . : ~")
 
 
+def _settings_tuple(name: str) -> tuple[str, ...]:
+    return getattr(current_app.extensions["i2v"]["settings"], name) if has_app_context() else ()
+
+
 def validate_image_url(value: str) -> None:
-    """Accept absolute http(s) URLs with a host, at most 2,048 characters."""
-    if len(value) > MAX_URL_LENGTH:
-        raise ValidationError(f"longer than {MAX_URL_LENGTH} characters")
+    """Public http(s) URLs only (hosts in ``IMAGE_HOST_ALLOWLIST`` excepted)."""
     try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError as exc:
-        raise ValidationError(f"not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValidationError("must be an absolute http or https URL")
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise ValidationError("must not contain whitespace or control characters")
+        check_image_url(value, _settings_tuple("image_host_allowlist"))
+    except UnsafeURL as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_callback_url(value: str) -> None:
+    """Well-formed http(s) URLs; whether the host is allowed is checked by the view."""
+    try:
+        check_image_url(value, _settings_tuple("callback_url_allowlist"))
+    except UnsafeURL as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class RequestHeadersSchema(Schema):
@@ -76,7 +82,7 @@ class SubmitSchema(Schema):
 
     callback_url = fields.String(
         load_default=None,
-        validate=validate_image_url,
+        validate=validate_callback_url,
         metadata={"description": "Where to send this request's callback; only hosts in CALLBACK_URL_ALLOWLIST."},
     )
 

@@ -97,6 +97,9 @@ def service_env(redis: Redis, redis_url: str, fakes) -> dict[str, str]:
         "PIKAPI_BASE_URL": fake_pika.base_url,
         "GAME_API_KEY": GAME_KEY,
         "CALLBACK_API_URL": f"{fake_game.url}/requests",
+        # Authentication has tests of its own; the other tests exercise everything else.
+        "I2V_AUTH_DISABLED": "1",
+        # The fake image URLs live on a documentation domain; the default rules apply to it.
         **FAST_TIMINGS,
     }
 

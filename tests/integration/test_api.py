@@ -117,7 +117,7 @@ def test_redis_down_is_503_problem_not_500(settings) -> None:
     from config import Settings
     from i2v_app import create_app
 
-    dead = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
+    dead = create_app(Settings(redis_url="redis://127.0.0.1:1/0", auth_disabled=True))
     resp = dead.test_client().post("/api/v1/i2v", json={"image_id": PLAIN}, headers={"x-request-id": "r"})
     body = assert_problem(resp, 503)
     assert resp.headers["Retry-After"]

@@ -1,0 +1,59 @@
+"""Request limits at the edge: body size and type, a rate limit per API key, and a backlog cap.
+
+The rate limit and the backlog check share one pipelined Redis round trip per request.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from flask import Flask, Response, g, request
+
+from config import Settings
+from i2v_app import services
+from i2v_app.errors import problem
+
+SUBMIT_PATH = "/api/v1/i2v"
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """Register the limit checks (after authentication, which sets the owner)."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    @app.before_request
+    def check_limits() -> Response | None:
+        if not request.path.startswith("/api/"):
+            return None
+        submitting = request.method == "POST" and request.path == SUBMIT_PATH
+        if submitting and request.mimetype != "application/json":
+            return problem(415, "Send the body as JSON with 'Content-Type: application/json'.")
+        if request.content_length and request.content_length > settings.max_body_bytes:
+            return problem(413, f"The body is larger than {settings.max_body_bytes} bytes.")
+        if settings.rate_limit is None and not submitting:
+            return None
+        with services.redis().pipeline(transaction=False) as pipe:
+            if settings.rate_limit:
+                count, window = settings.rate_limit
+                now = time.time()
+                slot = int(now // window)
+                key = f"i2v:rl:{getattr(g, 'owner', '')}:{slot}"
+                pipe.incr(key)
+                pipe.expire(key, window + 1)
+            if submitting:
+                pipe.llen(services.queue().key)
+            results = pipe.execute()
+        if settings.rate_limit and results[0] > count:
+            retry = max(1, math.ceil((slot + 1) * window - now))
+            return problem(
+                429,
+                f"Rate limit of {count} requests per {window} s exceeded for this API key.",
+                headers={"Retry-After": str(retry)},
+            )
+        if submitting and results[-1] >= settings.max_queued:
+            return problem(
+                503,
+                f"{results[-1]} requests are already waiting; try again later.",
+                headers={"Retry-After": "60"},
+            )
+        return None
