@@ -166,3 +166,14 @@ class HealthSchema(Schema):
     """A health answer."""
 
     status = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    """A readiness answer."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "not ready"]))
+    redis = fields.String(required=True, validate=validate.OneOf(["ok", "unreachable"]))
+    workers = fields.Integer(required=True)
+    queue_depth = fields.Integer(allow_none=True)
+    eviction_policy = fields.String(allow_none=True)
+    warnings = fields.List(fields.String(), required=True)

@@ -31,6 +31,7 @@ from jobs.delivery import claim_ttl
 from jobs.errors import InternalError
 from jobs.pipeline import fail
 from jobs.store import Record, delivery_job_id, enqueue_delivery, enqueue_pipeline, job_id_for
+from jobs.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,17 @@ def job_status(ctx: Context, job_id: str) -> JobStatus | None:
         return None
 
 
-def sweep(ctx: Context) -> dict[str, int]:
-    """One round of checks. Returns counts of what it did, for logs and tests."""
+def sweep(ctx: Context, *, hand_back_abandoned: bool = True) -> dict[str, int]:
+    """One round of checks. Returns counts of what it did, for logs and tests.
+
+    Args:
+        ctx: the context.
+        hand_back_abandoned: False right after a Redis outage, when heartbeats look stale only
+            because nobody could write them; live workers get one heartbeat period to catch up.
+    """
     done = {"abandoned": 0, "requeued": 0, "failed": 0, "redelivered": 0}
     registry = StartedJobRegistry(queue=ctx.queue)
-    expired = registry.get_expired_job_ids()
+    expired = registry.get_expired_job_ids() if hand_back_abandoned else []
     if expired:
         registry.cleanup()
         done["abandoned"] = len(expired)
@@ -118,13 +125,19 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("janitor started", extra={"interval_s": settings.janitor_interval})
+    heartbeat_ttl = settings.worker_heartbeat_interval + PipelineWorker.HEARTBEAT_GRACE
+    trust_heartbeats_at = 0.0
     while not stop.is_set():
+        started = time.monotonic()
         try:
-            done = sweep(ctx)
+            done = sweep(ctx, hand_back_abandoned=started >= trust_heartbeats_at)
             if any(done.values()):
                 log.info("janitor sweep", extra=done)
         except RedisError as exc:
             log.error("janitor cannot reach Redis: %s", type(exc).__name__)
+        if time.monotonic() - started > 5:
+            # The sweep waited out a Redis outage: heartbeats could not be written meanwhile.
+            trust_heartbeats_at = time.monotonic() + heartbeat_ttl
         stop.wait(settings.janitor_interval)
     return 0
 

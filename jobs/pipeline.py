@@ -67,10 +67,13 @@ def generate(ctx: Context, record: Record) -> None:
         check_cancel(ctx, record)
         prompt = record.prompt or caption(ctx, record)
         job_id = record.provider_job_id or submit(ctx, record, prompt)
+        ctx.slots.acquire(record.key, force=True)  # a resumed request keeps its place at Pika
         video_url = wait_for_video(ctx, record, job_id)
     except PipelineError as exc:
         fail(ctx, record, exc)
         return
+    finally:
+        ctx.slots.release(record.key)
     finished = ctx.store.finish(
         record.key,
         "completed",
@@ -181,6 +184,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
     with step(ctx, record, "submitting"):
         if record.submit_inflight:
             raise GenerationUnknown("an earlier attempt sent a submission whose answer was lost")
+        wait_for_slot(ctx, record)
         started = time.monotonic()
         server_errors = 0
         attempt = 0
@@ -215,6 +219,15 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             )
             log_event(record, "submitted to Pika", provider_job_id=job_id)
             return job_id
+
+
+def wait_for_slot(ctx: Context, record: Record) -> None:
+    """Wait until fewer than ``PIKA_MAX_CONCURRENCY`` requests are in flight at Pika."""
+    started = time.monotonic()
+    while not ctx.slots.acquire(record.key):
+        if time.monotonic() - started > ctx.settings.generation_deadline:
+            raise ProviderUnavailable("no Pika slot came free within the generation deadline")
+        sleep(ctx, record, min(1.0, ctx.settings.poll_interval))
 
 
 def wait_for_video(ctx: Context, record: Record, job_id: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from rq import Worker
+from rq import Queue, Worker
 from rq.job import Job
 
 from config import ConfigError, configure_logging, load_settings
+from jobs.context import resilient_redis
 
 
 class PipelineWorker(Worker):
@@ -27,6 +28,13 @@ class PipelineWorker(Worker):
         if missing:
             raise SystemExit(f"i2v worker: refusing to start, missing {', '.join(missing)}")
         configure_logging(settings)
+        # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis).
+        connection = resilient_redis(settings.redis_url)
+        kwargs["connection"] = connection
+        if args:
+            # The CLI built its queues on its own connection; rebuild them on this one.
+            queues = [Queue(getattr(q, "name", q), connection=connection) for q in args[0]]
+            args = (queues, *args[1:])
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = settings.worker_heartbeat_interval
 

@@ -116,6 +116,13 @@ def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, cli
         "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
     )
     assert resp.status_code == 422
+    assert "callback_url" in resp.get_json()["detail"]
+    resp = client.post(
+        "/api/v1/i2v",
+        json={"image_id": "https://x.io/a.jpg", "callback_url": "https://hooks.example.com/x"},
+        headers={"x-request-id": "own"},
+    )
+    assert resp.status_code == 422
     assert "CALLBACK_URL_ALLOWLIST" in resp.get_json()["detail"]
 
     settings = app.extensions["i2v"]["settings"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -235,3 +236,17 @@ def test_callback_runs_out_of_retries(client, fakes, worker, settings) -> None:
     assert record["callback"]["status"] == "failed"
     assert record["callback"]["attempts"] == len(settings.callback_retry_delays) + 1
     assert record["status"] == "completed"
+
+
+def test_pika_concurrency_cap_makes_a_burst_wait(client, fakes, start_process) -> None:
+    _, fake_pika, fake_game = fakes
+    fake_pika.duration = 0.6
+    for _ in range(3):
+        start_process("worker", PIKA_MAX_CONCURRENCY="1")
+    for n in range(3):
+        submit(client, f"capped-{n}")
+    wait_for(lambda: len(fake_game.callbacks) == 3, timeout=30, what="3 callbacks")
+    starts = sorted(r.at for r in fake_pika.requests_for("generate"))
+    assert len(starts) == 3
+    # One generation at a time: each submission waits for the previous video to be done.
+    assert all(later - earlier >= 0.6 for earlier, later in itertools.pairwise(starts))

@@ -1,0 +1,126 @@
+"""Redis going away and coming back, with a real redis-server stopped and restarted by the test."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from config import settings_from
+from i2v_app import create_app
+from launch import free_port, start_redis
+from tests.helpers import wait_for
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port whose data survives a restart (AOF on)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc, _ = start_redis(self.data_dir, self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # a clean shutdown writes the data out
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def faulty(own_redis: RestartableRedis, service_env: dict[str, str], start_process):
+    """The app and a way to start processes, all on the restartable Redis."""
+    env = {**service_env, "REDIS_URL": own_redis.url}
+    app = create_app(settings_from(env))
+
+    def start(kind: str, **extra: str):
+        return start_process(kind, REDIS_URL=own_redis.url, **extra)
+
+    return app, start
+
+
+def test_web_answers_503_quickly_while_redis_is_down_and_recovers(faulty, own_redis) -> None:
+    app, _ = faulty
+    client = app.test_client()
+    own_redis.stop()
+    started = time.monotonic()
+    resp = client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "r1"})
+    assert resp.status_code == 503
+    assert resp.mimetype == "application/problem+json"
+    assert resp.headers["Retry-After"]
+    assert time.monotonic() - started < 5
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz").get_json()["redis"] == "unreachable"
+    assert client.get("/healthz").status_code == 200
+    own_redis.start()
+    resp = client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "r1"})
+    assert resp.status_code == 202
+
+
+def test_readyz_needs_a_worker_and_reports_the_eviction_policy(faulty, own_redis) -> None:
+    app, start = faulty
+    client = app.test_client()
+    body = client.get("/readyz").get_json()
+    assert body["status"] == "not ready" and body["workers"] == 0
+    Redis.from_url(own_redis.url).config_set("maxmemory-policy", "allkeys-lru")
+    start("worker")
+    body = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.get_json(), what="ready")
+    assert body["workers"] == 1
+    assert body["eviction_policy"] == "allkeys-lru"
+    assert any("noeviction" in w for w in body["warnings"])
+
+
+def test_request_in_flight_survives_a_redis_restart_with_one_callback(faulty, own_redis, fakes) -> None:
+    app, start = faulty
+    _, fake_pika, fake_game = fakes
+    fake_pika.duration = 3
+    slow = {"MAX_CHECK_TIME": "30"}
+    worker = start("worker", **slow)
+    start("scheduler", **slow)
+    client = app.test_client()
+    assert (
+        client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "rf"}).status_code
+        == 202
+    )
+    wait_for(lambda: client.get("/api/v1/i2v/rf").get_json()["provider"]["job_id"], what="a Pika job")
+    own_redis.stop()
+    time.sleep(3)
+    assert worker.proc.poll() is None, worker.output[-2000:]
+    own_redis.start()
+    wait_for(lambda: fake_game.callbacks_for("rf"), timeout=40, what="the callback")
+    time.sleep(1)
+    assert len(fake_game.callbacks_for("rf")) == 1
+    assert len(fake_pika.generates) == 1
+    assert worker.proc.poll() is None
+
+
+def test_idle_worker_waits_for_redis_and_carries_on(faulty, own_redis, fakes) -> None:
+    app, start = faulty
+    _, _, fake_game = fakes
+    worker = start("worker")
+    client = app.test_client()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="worker registered")
+    own_redis.stop()
+    time.sleep(2)
+    own_redis.start()
+    assert (
+        client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "ri"}).status_code
+        == 202
+    )
+    wait_for(lambda: fake_game.callbacks_for("ri"), timeout=30, what="the callback")
+    assert worker.proc.poll() is None
