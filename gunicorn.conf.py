@@ -6,7 +6,7 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one worker overlap Redis round trips; requests never wait on providers.
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-# Under Heroku's 30 s router timeout, so a stuck request is ended by us, not cut by the router.
+# Under Heroku's 30 s router timeout: a worker silent for longer is restarted by gunicorn.
 timeout = 25
 graceful_timeout = 20
 keepalive = 5

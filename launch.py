@@ -116,14 +116,16 @@ def main() -> int:
             stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
-    for _, proc in reversed(children):
-        if proc.poll() is None:
-            proc.terminate()
-    for _, proc in reversed(children):
-        try:
-            proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    # Service processes first, Redis last: a worker handing its job back still needs Redis.
+    for group in ([c for c in children if c[0] != "redis"], [c for c in children if c[0] == "redis"]):
+        for _, proc in group:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in group:
+            try:
+                proc.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return 0
 
 

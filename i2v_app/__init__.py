@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     limits.install(app, settings)
 
     api = ProblemApi(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key from I2V_API_KEYS"}
+    )
     from i2v_app import api as api_module
     from i2v_app import cli, docs, meta
 

@@ -101,6 +101,7 @@ class Submissions(MethodView):
     @blp.response(202, SubmitReplySchema)
     @blp.alt_response(200, schema=SubmitReplySchema, description="Already submitted with this id: nothing new runs")
     @blp.alt_response(409, description="This request id was already used with a different image")
+    @blp.alt_response(503, description="The backlog is full (MAX_QUEUED); retry after Retry-After")
     def post(self, headers: dict[str, str], body: dict[str, str]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Start turning an image into a video.
 
@@ -114,7 +115,10 @@ class Submissions(MethodView):
         record = Record(
             request_id=request_id, image_url=body["image_id"], owner=owner(), callback_url=body.get("callback_url")
         )
-        stored, created = lifecycle.submit(record)
+        try:
+            stored, created = lifecycle.submit(record)
+        except lifecycle.Backlogged as exc:
+            abort(503, message=str(exc), headers={"Retry-After": "60"})
         location = {"Location": url_for("i2v.RequestStatus", request_id=request_id)}
         if not created and stored.image_url != record.image_url:
             abort(409, message=f"Request id {request_id!r} was already used with a different image")

@@ -1,6 +1,7 @@
-"""Request limits at the edge: body size and type, a rate limit per API key, and a backlog cap.
+"""Request limits at the edge: body size and type, and a rate limit per API key (one Redis round trip).
 
-The rate limit and the backlog check share one pipelined Redis round trip per request.
+The backlog cap (``MAX_QUEUED``) is checked where requests are created (``lifecycle.submit``), so
+a repeated submission is answered even while the backlog is full.
 """
 
 from __future__ import annotations
@@ -30,30 +31,21 @@ def install(app: Flask, settings: Settings) -> None:
             return problem(415, "Send the body as JSON with 'Content-Type: application/json'.")
         if request.content_length and request.content_length > settings.max_body_bytes:
             return problem(413, f"The body is larger than {settings.max_body_bytes} bytes.")
-        if settings.rate_limit is None and not submitting:
+        if settings.rate_limit is None:
             return None
+        count, window = settings.rate_limit
+        now = time.time()
+        slot = int(now // window)
+        key = f"i2v:rl:{getattr(g, 'owner', '')}:{slot}"
         with services.redis().pipeline(transaction=False) as pipe:
-            if settings.rate_limit:
-                count, window = settings.rate_limit
-                now = time.time()
-                slot = int(now // window)
-                key = f"i2v:rl:{getattr(g, 'owner', '')}:{slot}"
-                pipe.incr(key)
-                pipe.expire(key, window + 1)
-            if submitting:
-                pipe.llen(services.queue().key)
-            results = pipe.execute()
-        if settings.rate_limit and results[0] > count:
+            pipe.incr(key)
+            pipe.expire(key, window + 1)
+            used, _ = pipe.execute()
+        if used > count:
             retry = max(1, math.ceil((slot + 1) * window - now))
             return problem(
                 429,
                 f"Rate limit of {count} requests per {window} s exceeded for this API key.",
                 headers={"Retry-After": str(retry)},
-            )
-        if submitting and results[-1] >= settings.max_queued:
-            return problem(
-                503,
-                f"{results[-1]} requests are already waiting; try again later.",
-                headers={"Retry-After": "60"},
             )
         return None

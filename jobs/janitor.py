@@ -14,7 +14,9 @@ makes recovery independent of that.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +37,7 @@ from jobs.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
+LOCK_KEY = "i2v:janitor"
 PENDING = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
 
 
@@ -126,10 +129,17 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("janitor started", extra={"interval_s": settings.janitor_interval})
     heartbeat_ttl = settings.worker_heartbeat_interval + PipelineWorker.HEARTBEAT_GRACE
+    identity = f"{socket.gethostname()}:{os.getpid()}".encode()
+    lock_ttl = max(5, int(settings.janitor_interval * 3))
     trust_heartbeats_at = 0.0
     while not stop.is_set():
         started = time.monotonic()
         try:
+            # One janitor at a time: a second one (a scaled-out dyno) stays idle while the first lives.
+            if not ctx.redis.set(LOCK_KEY, identity, nx=True, ex=lock_ttl) and ctx.redis.get(LOCK_KEY) != identity:
+                stop.wait(settings.janitor_interval)
+                continue
+            ctx.redis.expire(LOCK_KEY, lock_ttl)
             done = sweep(ctx, hand_back_abandoned=started >= trust_heartbeats_at)
             if any(done.values()):
                 log.info("janitor sweep", extra=done)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jobs.context import Context, get_context
@@ -121,9 +122,11 @@ def caption(ctx: Context, record: Record) -> str:
         if record.caption_started_at is None:
             record.caption_started_at = time.time()
             ctx.store.update(record.key, caption_started_at=record.caption_started_at)
-        prediction_id = record.prediction_id or create_prediction(ctx, record)
+        # One budget for the whole step: "retry for about a minute in all", not per call.
+        budget = RetryBudget(ctx.settings.provider_retry_budget)
+        prediction_id = record.prediction_id or create_prediction(ctx, record, budget)
         try:
-            prompt = wait_for_prediction(ctx, record, prediction_id)
+            prompt = wait_for_prediction(ctx, record, prediction_id, budget)
         except RequestCanceled:
             # Nobody will read this caption: stop paying for it.
             with contextlib.suppress(TransientError, CaptionFailed):
@@ -134,7 +137,7 @@ def caption(ctx: Context, record: Record) -> str:
         return prompt
 
 
-def create_prediction(ctx: Context, record: Record) -> str:
+def create_prediction(ctx: Context, record: Record, budget: RetryBudget) -> str:
     """Create the prediction, saving its id before anything else can happen."""
     if record.caption_inflight:
         # An earlier run sent a create and died before saving the id: a second one could pay twice.
@@ -149,19 +152,24 @@ def create_prediction(ctx: Context, record: Record) -> str:
                 ctx.store.update(record.key, caption_inflight=False)
             raise
 
-    prediction_id = with_retries(ctx, record, create, give_up=CaptionFailed, what="Replicate create")
+    prediction_id = with_retries(ctx, record, create, budget=budget, give_up=CaptionFailed, what="Replicate create")
     record.prediction_id = prediction_id
     ctx.store.update(record.key, prediction_id=prediction_id, caption_inflight=False)
     log_event(record, "prediction created", prediction_id=prediction_id)
     return prediction_id
 
 
-def wait_for_prediction(ctx: Context, record: Record, prediction_id: str) -> str:
+def wait_for_prediction(ctx: Context, record: Record, prediction_id: str, budget: RetryBudget) -> str:
     """Poll a prediction until it has a prompt, fails, or runs past ``CAPTION_TIMEOUT``."""
     deadline = (record.caption_started_at or time.time()) + ctx.settings.caption_timeout
     while True:
         state = with_retries(
-            ctx, record, lambda: ctx.captioner.get(prediction_id), give_up=CaptionFailed, what="Replicate get"
+            ctx,
+            record,
+            lambda: ctx.captioner.get(prediction_id),
+            budget=budget,
+            give_up=CaptionFailed,
+            what="Replicate get",
         )
         if state.status == "succeeded":
             if not state.prompt:
@@ -263,22 +271,39 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> str:
 # -- shared mechanics ---------------------------------------------------------------------------
 
 
-def with_retries(ctx: Context, record: Record, call: Callable[[], T], *, give_up: type[PipelineError], what: str) -> T:
-    """Call ``call``, retrying transient errors with back-off for ``PROVIDER_RETRY_BUDGET`` seconds."""
-    started = time.monotonic()
-    attempt = 0
+@dataclass
+class RetryBudget:
+    """Time one step may spend on failed provider calls and back-off (``PROVIDER_RETRY_BUDGET``)."""
+
+    seconds: float
+    spent: float = 0.0
+    failures: int = 0
+
+
+def with_retries(
+    ctx: Context,
+    record: Record,
+    call: Callable[[], T],
+    *,
+    budget: RetryBudget,
+    give_up: type[PipelineError],
+    what: str,
+) -> T:
+    """Call ``call``, retrying transient errors with back-off while ``budget`` lasts."""
     while True:
         check_cancel(ctx, record)
-        attempt += 1
+        started = time.monotonic()
         try:
             return call()
         except TransientError as exc:
-            delay = backoff_delay(ctx, attempt, exc.retry_after)
-            elapsed = time.monotonic() - started
-            if elapsed + delay > ctx.settings.provider_retry_budget:
-                raise give_up(f"{what} kept failing for {elapsed:.0f} s: {exc.message}") from exc
+            budget.failures += 1
+            budget.spent += time.monotonic() - started
+            delay = backoff_delay(ctx, budget.failures, exc.retry_after)
+            if budget.spent + delay > budget.seconds:
+                raise give_up(f"{what} kept failing for {budget.spent:.0f} s: {exc.message}") from exc
             log_event(record, f"retrying {what}", error=exc.message, delay_s=round(delay, 2))
             sleep(ctx, record, delay)
+            budget.spent += delay
 
 
 def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> float:

@@ -86,6 +86,10 @@ def job_id_for(owner: str, request_id: str) -> str:
     return "i2v-" + request_digest(owner, request_id)
 
 
+class NotAdmitted(Exception):
+    """A new request was refused (the backlog is full)."""
+
+
 @dataclass
 class Record:
     """A request as stored. Empty strings in Redis read back as ``None``."""
@@ -229,14 +233,27 @@ class RequestStore:
         self._reset_callback = redis.register_script(_RESET_CALLBACK)
         self._claim = redis.register_script(_CLAIM)
 
-    def create(self, record: Record, enqueue: Callable[[Pipeline], Any]) -> tuple[Record, bool]:
+    def create(
+        self,
+        record: Record,
+        enqueue: Callable[[Pipeline], Any],
+        admit: Callable[[Pipeline], bool] | None = None,
+    ) -> tuple[Record, bool]:
         """Store a new record and enqueue its job in one transaction, unless the id exists.
 
         Record and job are written together or not at all, so a crash between the two can never
         leave a request that no worker will run.
 
+        Args:
+            record: the new request.
+            enqueue: adds the job to the transaction.
+            admit: asked only for a new id (a repeat is always answered); False refuses it.
+
         Returns:
             The stored record and whether it was created now (False: it already existed).
+
+        Raises:
+            NotAdmitted: ``admit`` refused the new request.
         """
         key = record.key
         with self.redis.pipeline() as pipe:
@@ -246,6 +263,8 @@ class RequestStore:
                     existing = pipe.hgetall(key)
                     if existing:
                         return Record.from_redis(existing), False
+                    if admit is not None and not admit(pipe):
+                        raise NotAdmitted(record.request_id)
                     pipe.multi()
                     pipe.hset(key, mapping=record.to_redis())
                     pipe.expire(key, self.ttl)

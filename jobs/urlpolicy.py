@@ -79,7 +79,11 @@ def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
         raise UnsafeURL("must name a host")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise UnsafeURL("must not carry a user name or password")
-    host = host.rstrip(".").lower()
+    try:
+        # Check the name a resolver would see: IDNA folds full-width digits and ideographic dots.
+        host = host.encode("idna").decode("ascii").rstrip(".").lower()
+    except UnicodeError:
+        raise UnsafeURL("has an invalid host name") from None
     if host in allowlist:
         return url
     address = literal_address(host)
@@ -89,8 +93,4 @@ def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
         return url
     if "." not in host or _LOCAL_NAMES.search(host):
         raise UnsafeURL("must name a public host, not a local one")
-    try:
-        host.encode("idna")
-    except UnicodeError:
-        raise UnsafeURL("has an invalid host name") from None
     return url

@@ -90,8 +90,9 @@ class PikaClient:
             resp = self.session.get(f"{self.base_url}/jobs/{job_id}", timeout=self.timeout)
         except requests.RequestException as exc:
             raise TransientError(f"Pika poll failed: {type(exc).__name__}", kind="connection") from exc
-        if resp.status_code == 404:
-            raise GenerationFailed(f"Pika does not know job {job_id}")
+        if resp.status_code in (401, 403, 404):
+            # Unknown job or refused access: polling on would only wait out the deadline.
+            raise GenerationFailed(f"Pika answered {resp.status_code} for job {job_id}")
         self._raise_for_status(resp, "jobs", refusal=TransientError)
         data = _json(resp)
         videos = data.get("videos") if isinstance(data, dict) else None
