@@ -47,6 +47,22 @@ class Settings:
     replicate_api_token: str = _secret()
     game_api_key: str = _secret()
 
+    # Mode and backends.
+    env: str = "production"
+    caption_backend: str = "replicate"
+    video_backend: str = "pika"
+    allow_local_backends: bool = False
+    replicate_video_model: str = "wan-video/wan-2.2-i2v-fast"
+
+    # Media made or kept by the service (local videos, Replicate outputs).
+    public_base_url: str = "http://127.0.0.1:8000"
+    media_store: str = "disk"
+    media_dir: str = "instance/media"
+    media_ttl: int = 4 * 24 * 3600
+    image_max_bytes: int = 20 * 1024 * 1024
+    local_video_seconds: float = 4.0
+    local_video_fps: int = 24
+
     # Where things live.
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "i2v"
@@ -123,13 +139,20 @@ class Settings:
         waits = self.caption_timeout + 2 * self.provider_retry_budget + 2 * self.generation_deadline
         return math.ceil(waits + 6 * (self.http_connect_timeout + self.http_read_timeout) + 60)
 
+    @property
+    def development(self) -> bool:
+        """Whether ``I2V_ENV=development`` (local conveniences such as the callback receiver)."""
+        return self.env == "development"
+
     def missing_worker_tokens(self) -> list[str]:
-        """Names of the provider secrets a worker needs but does not have."""
-        needed = {
-            "REPLICATE_API_TOKEN": self.replicate_api_token,
-            "PIKAPI_BEARER_TOKEN": self.pikapi_bearer_token,
-            "GAME_API_KEY": self.game_api_key,
-        }
+        """Names of the secrets a worker needs for the configured backends but does not have."""
+        needed: dict[str, str] = {}
+        if "replicate" in (self.caption_backend, self.video_backend):
+            needed["REPLICATE_API_TOKEN"] = self.replicate_api_token
+        if self.video_backend == "pika":
+            needed["PIKAPI_BEARER_TOKEN"] = self.pikapi_bearer_token
+        if not self.development:
+            needed["GAME_API_KEY"] = self.game_api_key
         return [name for name, value in needed.items() if not value]
 
 
@@ -170,6 +193,10 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "HTTP_CONNECT_TIMEOUT": ("http_connect_timeout", False, 0.1, None),
     "HTTP_READ_TIMEOUT": ("http_read_timeout", False, 0.1, None),
     "RECORD_TTL": ("record_ttl", True, 60, None),
+    "MEDIA_TTL": ("media_ttl", True, 60, None),
+    "IMAGE_MAX_BYTES": ("image_max_bytes", True, 1024, None),
+    "LOCAL_VIDEO_SECONDS": ("local_video_seconds", False, 0.5, 30),
+    "LOCAL_VIDEO_FPS": ("local_video_fps", True, 1, 60),
     "MAX_QUEUED": ("max_queued", True, 1, None),
     "MAX_BODY_BYTES": ("max_body_bytes", True, 256, None),
     "PIKA_MAX_CONCURRENCY": ("pika_max_concurrency", True, 0, None),
@@ -187,6 +214,7 @@ _STRINGS: dict[str, str] = {
     "PIKA_MODEL": "pika_model",
     "PIKA_NEGATIVE_PROMPT": "pika_negative_prompt",
     "I2V_QUEUE": "queue_name",
+    "MEDIA_DIR": "media_dir",
 }
 _URLS: dict[str, tuple[str, tuple[str, ...]]] = {
     "REDIS_URL": ("redis_url", ("redis", "rediss", "unix")),
@@ -194,12 +222,17 @@ _URLS: dict[str, tuple[str, tuple[str, ...]]] = {
     "REPLICATE_BASE_URL": ("replicate_base_url", ("http", "https")),
     "CALLBACK_API_URL": ("callback_api_url", ("http", "https")),
     "REDOC_JS_URL": ("redoc_js_url", ("http", "https")),
+    "PUBLIC_BASE_URL": ("public_base_url", ("http", "https")),
 }
 _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CLIP_MODEL_NAME": ("clip_model_name", CLIP_MODEL_NAMES),
     "CLIP_MODE": ("clip_mode", CLIP_MODES),
     "PIKA_ASPECT_RATIO": ("pika_aspect_ratio", ("", *PIKA_ASPECT_RATIOS)),
     "LOG_LEVEL": ("log_level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    "I2V_ENV": ("env", ("production", "development")),
+    "CAPTION_BACKEND": ("caption_backend", ("replicate", "local")),
+    "VIDEO_BACKEND": ("video_backend", ("pika", "replicate", "local")),
+    "MEDIA_STORE": ("media_store", ("disk", "redis")),
 }
 
 #: Every variable the service reads, for documentation checks.
@@ -217,6 +250,8 @@ VARIABLES = frozenset(
         "I2V_AUTH_DISABLED",
         "IMAGE_HOST_ALLOWLIST",
         "RATE_LIMIT",
+        "ALLOW_LOCAL_BACKENDS",
+        "REPLICATE_VIDEO_MODEL",
     ]
 )
 
@@ -282,6 +317,13 @@ def _parse_secrets(name: str, raw: str) -> tuple[str, ...]:
     return secrets
 
 
+def _parse_model_name(name: str, raw: str) -> str:
+    owner_name = raw.partition(":")[0]
+    if owner_name.count("/") != 1 or not all(owner_name.split("/")):
+        raise ConfigError(f"{name} must look like owner/name or owner/name:version, got {raw!r}")
+    return raw
+
+
 def _parse_model_id(raw: str) -> str:
     owner_name, sep, version = raw.partition(":")
     if not sep or owner_name.count("/") != 1 or not version or not all(owner_name.split("/")):
@@ -319,6 +361,10 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["callback_retry_delays"] = _parse_delays("CALLBACK_RETRY_DELAYS", raw)
     if (raw := given("I2V_API_KEYS")) is not None:
         values["api_key_digests"] = _parse_api_keys(raw)
+    if (raw := given("ALLOW_LOCAL_BACKENDS")) is not None:
+        values["allow_local_backends"] = _parse_bool("ALLOW_LOCAL_BACKENDS", raw)
+    if (raw := given("REPLICATE_VIDEO_MODEL")) is not None:
+        values["replicate_video_model"] = _parse_model_name("REPLICATE_VIDEO_MODEL", raw)
     if (raw := given("I2V_AUTH_DISABLED")) is not None:
         values["auth_disabled"] = _parse_bool("I2V_AUTH_DISABLED", raw)
     if (raw := given("IMAGE_HOST_ALLOWLIST")) is not None:
@@ -329,7 +375,18 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["callback_url_allowlist"] = _parse_hosts(raw)
     if (raw := given("CALLBACK_SIGNING_SECRET")) is not None:
         values["callback_signing_secrets"] = _parse_secrets("CALLBACK_SIGNING_SECRET", raw)
-    return Settings(**values)
+    settings = Settings(**values)
+    local = [
+        n
+        for n, v in (("CAPTION_BACKEND", settings.caption_backend), ("VIDEO_BACKEND", settings.video_backend))
+        if v == "local"
+    ]
+    if local and not settings.development and not settings.allow_local_backends:
+        raise ConfigError(
+            f"{' and '.join(local)}=local in production needs ALLOW_LOCAL_BACKENDS=1 "
+            "(local backends make offline stand-ins, not provider results)"
+        )
+    return settings
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:

@@ -1,7 +1,10 @@
 """Run every process of the Procfile locally, with a Redis of its own when REDIS_URL is unset.
 
-``make run`` calls this. Output of each process is prefixed with its name; Ctrl-C stops all of
-them (and the Redis it started). The end-to-end tests use the same Procfile reading.
+``make run`` calls this. Unless ``I2V_ENV`` says otherwise it runs in development mode and fills
+in what is missing for a machine with no accounts: local backends where provider tokens are
+missing, callbacks to the built-in receiver, no authentication unless keys are configured.
+Output of each process is prefixed with its name; Ctrl-C stops all of them (and the Redis it
+started). The end-to-end tests use the same Procfile reading.
 """
 
 from __future__ import annotations
@@ -86,12 +89,45 @@ def _pump(name: str, stream, width: int) -> None:
         sys.stdout.flush()
 
 
+def development_defaults(env: dict[str, str]) -> list[str]:
+    """Fill in what a newcomer without accounts needs; settings already given always win.
+
+    Returns:
+        Lines that say what was chosen, for the start-up banner.
+    """
+    base = f"http://{env['HOST']}:{env['PORT']}"
+    env.setdefault("I2V_ENV", "development")
+    if env["I2V_ENV"] != "development":
+        return []
+    if not env.get("CAPTION_BACKEND"):
+        env["CAPTION_BACKEND"] = "replicate" if env.get("REPLICATE_API_TOKEN") else "local"
+    if not env.get("VIDEO_BACKEND"):
+        tokens = ("pika", "PIKAPI_BEARER_TOKEN"), ("replicate", "REPLICATE_API_TOKEN")
+        env["VIDEO_BACKEND"] = next((name for name, var in tokens if env.get(var)), "local")
+    if not env.get("CALLBACK_API_URL") and not env.get("GAME_API_KEY"):
+        env["CALLBACK_API_URL"] = f"{base}/dev/callbacks/{{request_id}}"
+    if not env.get("I2V_API_KEYS"):
+        env.setdefault("I2V_AUTH_DISABLED", "1")
+    env.setdefault("PUBLIC_BASE_URL", base)
+    # The sample image and local files are served from this machine.
+    env.setdefault("IMAGE_HOST_ALLOWLIST", f"{env['HOST']},localhost")
+    auth = "off (set I2V_API_KEYS to require keys)" if env.get("I2V_AUTH_DISABLED") == "1" else "API keys required"
+    return [
+        f"development mode: caption={env['CAPTION_BACKEND']} video={env['VIDEO_BACKEND']}, authentication {auth}",
+        f"callbacks go to {env['CALLBACK_API_URL']} (see them at {base}/dev/callbacks)",
+        f"try: curl -X POST {base}/api/v1/i2v -H 'x-request-id: demo-1' -H 'Content-Type: application/json' "
+        f"""-d '{{"image_id": "{base}/dev/sample.png"}}'""",
+        f"then: curl {base}/api/v1/i2v/demo-1   (status, and the video URL when it is done)",
+    ]
+
+
 def main() -> int:
     """Start Redis (if needed), the web process and the worker; stop them all on Ctrl-C."""
     load_dotenv(find_dotenv(usecwd=True), override=False)
     env = dict(os.environ)
     env.setdefault("PORT", "8000")
     env.setdefault("HOST", "127.0.0.1")
+    banner = development_defaults(env)
     children: list[tuple[str, subprocess.Popen]] = []
     if not env.get("REDIS_URL"):
         redis_proc, env["REDIS_URL"] = start_redis(ROOT / "instance" / "redis")
@@ -104,6 +140,8 @@ def main() -> int:
         children.append((name, proc))
         threading.Thread(target=_pump, args=(name, proc.stdout, width), daemon=True).start()
     print(f"launch | i2v on http://{env['HOST']}:{env['PORT']} (docs at /docs); Ctrl-C stops everything")
+    for line in banner:
+        print(f"launch | {line}")
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

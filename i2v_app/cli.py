@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from marshmallow import ValidationError
 
 from i2v_app import lifecycle, services
 from i2v_app.api import present
-from jobs.store import Record
+from i2v_app.schemas import SubmitSchema, validate_request_id
+from jobs.store import KEY_PREFIX, Record
 
 i2v = AppGroup("i2v", help="Inspect and steer image-to-video requests.")
 
@@ -57,6 +61,79 @@ def redeliver(request_id: str, owner: str) -> None:
         _print(lifecycle.redeliver(_load(request_id, owner)))
     except lifecycle.Conflict as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@i2v.command("submit")
+@click.argument("image_url")
+@click.option("--request-id", default=None, help="The request's id (default: a new random one).")
+@click.option("--wait", is_flag=True, help="Wait for the result, with a progress bar.")
+@owner_option
+def submit(image_url: str, request_id: str | None, wait: bool, owner: str) -> None:
+    """Submit an image URL, as POST /api/v1/i2v would."""
+    try:
+        image_url = SubmitSchema().load({"image_id": image_url})["image_id"]
+        validate_request_id(request_id := request_id or f"cli-{uuid.uuid4().hex[:12]}")
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid input: {exc.messages}") from None
+    record = Record(request_id=request_id, image_url=image_url, owner=owner)
+    try:
+        stored, created = lifecycle.submit(record)
+    except lifecycle.Backlogged as exc:
+        raise click.ClickException(str(exc)) from None
+    if not created and stored.image_url != image_url:
+        raise click.ClickException(f"request id {request_id!r} was already used with a different image")
+    click.echo(f"{'submitted' if created else 'already known'}: {request_id}")
+    if wait:
+        stored = _wait(stored)
+        _print(stored)
+        if stored.status != "completed":
+            raise SystemExit(1)
+
+
+def _wait(record: Record) -> Record:
+    """Follow a request until it finishes, showing its stage and progress."""
+    store = services.store()
+    with click.progressbar(length=100, label="queued", show_percent=True) as bar:
+        done = 0
+        while True:
+            current = store.get_by_key(record.key) or record
+            stage_share = {"captioning": 10, "submitting": 20, "waiting": 30, "polling": 40, "delivering": 100}
+            target = max(stage_share.get(current.stage or "", 0), 40 + (current.provider_progress or 0) * 6 // 10)
+            if current.terminal:
+                target = 100
+            bar.label = current.stage or current.status
+            bar.update(max(0, target - done))
+            done = max(done, target)
+            if current.terminal:
+                return current
+            time.sleep(0.5)
+
+
+@i2v.command("list")
+@click.option(
+    "--status", "status_filter", type=click.Choice(["queued", "processing", "completed", "failed", "canceled"])
+)
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+def list_requests(status_filter: str | None, limit: int) -> None:
+    """List requests (newest first), optionally only those with one status."""
+    store = services.store()
+    records = []
+    for key in store.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+        record = store.get_by_key(key.decode() if isinstance(key, bytes) else key)
+        if record and (status_filter is None or record.status == status_filter):
+            records.append(record)
+    records.sort(key=lambda r: r.created_at, reverse=True)
+    for record in records[:limit]:
+        click.echo(f"{record.created_at}  {record.status:<10} {record.stage or '-':<11} {record.request_id}")
+
+
+@i2v.command("worker")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run a pipeline worker in this process (what the Procfile's ``worker`` line runs)."""
+    from jobs.worker import PipelineWorker  # the web process never imports worker code
+
+    PipelineWorker([services.settings().queue_name]).work(burst=burst, with_scheduler=True)
 
 
 def register(app: Flask) -> None:

@@ -12,14 +12,29 @@ from jobs.store import Record
 TYPICAL_CAPTION_SECONDS = 20.0
 
 
+#: What the offline backends take for one request (describe, render a few seconds of video).
+TYPICAL_LOCAL_SECONDS = 5.0
+#: What an image-to-video model on Replicate usually takes.
+TYPICAL_REPLICATE_VIDEO_SECONDS = 90.0
+
+
+def caption_seconds(settings: Settings) -> float:
+    """What captioning usually takes with the configured backend."""
+    return 1.0 if settings.caption_backend == "local" else TYPICAL_CAPTION_SECONDS
+
+
 def typical_run(settings: Settings) -> float:
-    """Seconds one request usually holds a worker: caption, initial wait, one poll."""
-    return TYPICAL_CAPTION_SECONDS + settings.initial_wait_time + settings.poll_interval
+    """Seconds one request usually holds a worker with the configured backends."""
+    if settings.video_backend == "local":
+        return caption_seconds(settings) + TYPICAL_LOCAL_SECONDS
+    if settings.video_backend == "replicate":
+        return caption_seconds(settings) + TYPICAL_REPLICATE_VIDEO_SECONDS
+    return caption_seconds(settings) + settings.initial_wait_time + settings.poll_interval
 
 
 def latest_run(settings: Settings) -> float:
     """Seconds one request holds a worker at most before giving up on the video."""
-    return TYPICAL_CAPTION_SECONDS + settings.generation_deadline
+    return caption_seconds(settings) + settings.generation_deadline
 
 
 def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tuple[int, int] | None:

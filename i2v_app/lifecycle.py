@@ -32,6 +32,7 @@ def submit(record: Record) -> tuple[Record, bool]:
         Backlogged: the queue is full.
     """
     settings, queue = services.settings(), services.queue()
+    record.provider = settings.video_backend
     try:
         return services.store().create(
             record,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -13,24 +14,32 @@ from rq import Queue
 
 from config import Settings, load_settings
 from jobs.clients.game import GameClient
+from jobs.clients.local_backends import ImageSource, LocalCaptioner, LocalVideo
 from jobs.clients.pika import PikaClient
-from jobs.clients.replicate_captioner import ReplicateCaptioner
+from jobs.clients.replicate import ReplicateAPI, ReplicateCaptioner, ReplicateVideo
+from jobs.errors import GenerationFailed
+from jobs.fetch import FetchError, fetch
+from jobs.media import MediaStore
 from jobs.slots import PikaSlots
 from jobs.store import RequestStore
+
+#: Largest provider video the service copies into its media store.
+VIDEO_MAX_BYTES = 500 * 1024 * 1024
 
 
 @dataclass
 class Context:
-    """Settings, Redis, the record store, the queue and one client per provider."""
+    """Settings, Redis, the record store, the queue, and the configured backends and clients."""
 
     settings: Settings
     redis: Redis
     store: RequestStore
     queue: Queue
-    captioner: ReplicateCaptioner
-    pika: PikaClient
+    captioner: Any  # ReplicateCaptioner | LocalCaptioner
+    video: Any  # PikaClient | ReplicateVideo | LocalVideo
     game: GameClient
     slots: PikaSlots
+    media: MediaStore
 
 
 def resilient_redis(url: str) -> Redis:
@@ -51,17 +60,48 @@ def resilient_redis(url: str) -> Redis:
 
 
 def build_context(settings: Settings) -> Context:
-    """Assemble a context from settings."""
+    """Assemble a context from settings: the backends ``CAPTION_BACKEND`` and ``VIDEO_BACKEND`` name."""
     redis = resilient_redis(settings.redis_url)
+    media = MediaStore(settings, redis)
+    images = ImageSource(settings)
+    api = ReplicateAPI(settings)
+
+    def keep(url: str, name: str) -> str:
+        """Copy a provider's video into the media store (once) and return our URL for it."""
+        if media.exists(name):
+            return media.url(name)
+        try:
+            data = fetch(
+                url,
+                session=images.session,
+                max_bytes=VIDEO_MAX_BYTES,
+                timeout=(settings.http_connect_timeout, settings.http_read_timeout),
+                allowlist=settings.image_host_allowlist,
+            )
+        except FetchError as exc:
+            raise GenerationFailed(f"could not keep the provider's video: {exc}") from None
+        return media.save(name, data)
+
+    captioner = (
+        ReplicateCaptioner(settings, api)
+        if settings.caption_backend == "replicate"
+        else LocalCaptioner(settings, images)
+    )
+    video = {
+        "pika": lambda: PikaClient(settings),
+        "replicate": lambda: ReplicateVideo(settings, api, keep),
+        "local": lambda: LocalVideo(settings, images, media),
+    }[settings.video_backend]()
     return Context(
         settings=settings,
         redis=redis,
         store=RequestStore(redis, settings.record_ttl),
         queue=Queue(settings.queue_name, connection=redis),
-        captioner=ReplicateCaptioner(settings),
-        pika=PikaClient(settings),
+        captioner=captioner,
+        video=video,
         game=GameClient(settings),
         slots=PikaSlots(redis, settings.pika_max_concurrency, lease=settings.job_timeout),
+        media=media,
     )
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from jobs.clients.local_backends import LocalCaptioner
+from jobs.clients.pika import VideoState
 from jobs.context import Context, get_context
 from jobs.delivery import attempt_delivery
 from jobs.errors import (
@@ -29,6 +31,7 @@ from jobs.errors import (
     RequestCanceled,
     TransientError,
 )
+from jobs.media import media_name
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
 
@@ -69,7 +72,7 @@ def generate(ctx: Context, record: Record) -> None:
         prompt = record.prompt or caption(ctx, record)
         job_id = record.provider_job_id or submit(ctx, record, prompt)
         ctx.slots.acquire(record.key, force=True)  # a resumed request keeps its place at Pika
-        video_url = wait_for_video(ctx, record, job_id)
+        video = wait_for_video(ctx, record, job_id)
     except PipelineError as exc:
         fail(ctx, record, exc)
         return
@@ -78,13 +81,13 @@ def generate(ctx: Context, record: Record) -> None:
     finished = ctx.store.finish(
         record.key,
         "completed",
-        video_url=video_url,
-        title=title_from_video_url(video_url),
+        video_url=video.url,
+        title=video.title or title_from_video_url(video.url or ""),
         provider_progress=100,
         **delivering(record),
     )
     if finished:
-        log_event(record, "completed", video_url=video_url)
+        log_event(record, "completed", video_url=video.url)
 
 
 def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
@@ -122,6 +125,11 @@ def caption(ctx: Context, record: Record) -> str:
         if record.caption_started_at is None:
             record.caption_started_at = time.time()
             ctx.store.update(record.key, caption_started_at=record.caption_started_at)
+        if isinstance(ctx.captioner, LocalCaptioner):
+            prompt = ctx.captioner.describe_url(record.image_url)
+            record.prompt = prompt
+            ctx.store.update(record.key, prompt=prompt)
+            return prompt
         # One budget for the whole step: "retry for about a minute in all", not per call.
         budget = RetryBudget(ctx.settings.provider_retry_budget)
         prediction_id = record.prediction_id or create_prediction(ctx, record, budget)
@@ -201,7 +209,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             attempt += 1
             ctx.store.update(record.key, submit_inflight=True)
             try:
-                job_id = ctx.pika.submit(record.image_url, prompt)
+                job_id = ctx.video.submit(record.image_url, prompt, media_name(record.owner, record.request_id))
             except TransientError as exc:
                 ctx.store.update(record.key, submit_inflight=False)
                 delay = backoff_delay(ctx, attempt, exc.retry_after)
@@ -223,9 +231,13 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             record.provider_job_id = job_id
             record.submitted_at = time.time()
             ctx.store.update(
-                record.key, provider_job_id=job_id, submitted_at=record.submitted_at, submit_inflight=False
+                record.key,
+                provider=ctx.video.name,
+                provider_job_id=job_id,
+                submitted_at=record.submitted_at,
+                submit_inflight=False,
             )
-            log_event(record, "submitted to Pika", provider_job_id=job_id)
+            log_event(record, "submitted", provider=ctx.video.name, provider_job_id=job_id)
             return job_id
 
 
@@ -238,34 +250,45 @@ def wait_for_slot(ctx: Context, record: Record) -> None:
         sleep(ctx, record, min(1.0, ctx.settings.poll_interval))
 
 
-def wait_for_video(ctx: Context, record: Record, job_id: str) -> str:
-    """Wait ``INITIAL_WAIT_TIME``, then poll until the video is ready or the deadline passes.
+def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
+    """Wait for the backend's first look (``INITIAL_WAIT_TIME`` for Pika), then poll until the
+    video is ready or the deadline passes.
 
     Deadlines run from the submission time saved in the record, also after a restart.
     """
     submitted_at = record.submitted_at or time.time()
-    first_poll = submitted_at + ctx.settings.initial_wait_time
+    first_poll = submitted_at + ctx.video.first_poll_after()
     deadline = submitted_at + ctx.settings.generation_deadline
-    if time.time() < first_poll:
-        with step(ctx, record, "waiting"):
-            sleep(ctx, record, first_poll - time.time())
-    with step(ctx, record, "polling"):
-        while True:
-            check_cancel(ctx, record)
-            try:
-                state = ctx.pika.poll(job_id)
-            except TransientError as exc:
-                log_event(record, "Pika poll failed, polling on", error=exc.message)
-            else:
-                if state.finished and state.url:
-                    return state.url
-                if state.progress is not None and state.progress != record.provider_progress:
-                    record.provider_progress = state.progress
-                    ctx.store.update(record.key, provider_progress=state.progress)
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                raise GenerationTimeout(f"no video {ctx.settings.generation_deadline:g} s after the submission to Pika")
-            sleep(ctx, record, min(ctx.settings.poll_interval, remaining))
+    name = media_name(record.owner, record.request_id)
+    try:
+        if time.time() < first_poll:
+            with step(ctx, record, "waiting"):
+                sleep(ctx, record, first_poll - time.time())
+        with step(ctx, record, "polling"):
+            while True:
+                check_cancel(ctx, record)
+                try:
+                    state = ctx.video.poll(job_id, name, record.prompt)
+                except TransientError as exc:
+                    log_event(record, "poll failed, polling on", error=exc.message)
+                else:
+                    if state.finished:
+                        return state
+                    if state.progress is not None and state.progress != record.provider_progress:
+                        record.provider_progress = state.progress
+                        ctx.store.update(record.key, provider_progress=state.progress)
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    raise GenerationTimeout(
+                        f"no video {ctx.settings.generation_deadline:g} s after the submission to {ctx.video.name}"
+                    )
+                sleep(ctx, record, min(ctx.settings.poll_interval, remaining))
+    except (RequestCanceled, GenerationTimeout):
+        # Nobody will watch this video: stop paying for it where the backend can be told.
+        if hasattr(ctx.video, "cancel"):
+            with contextlib.suppress(TransientError, PipelineError):
+                ctx.video.cancel(job_id)
+        raise
 
 
 # -- shared mechanics ---------------------------------------------------------------------------

@@ -22,3 +22,10 @@ def title_from_video_url(url: str) -> str:
     stem = _SEED_SUFFIX.sub("", segment[: -len(".mp4")])
     title = unquote(stem).replace("_", " ").split(",", 1)[0]
     return title.capitalize() if title else DEFAULT_TITLE
+
+
+def title_from_prompt(prompt: str) -> str:
+    """A title for a video the service made or keeps itself: the prompt's first words, capitalized."""
+    words = re.findall(r"[A-Za-z]+", prompt.split("(")[0])
+    words = [w for w in words if w.lower() not in ("a", "an", "the")][:4]
+    return " ".join(words).capitalize() or DEFAULT_TITLE

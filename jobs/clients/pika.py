@@ -24,6 +24,8 @@ class VideoState:
     status: str
     url: str | None = None
     progress: int | None = None
+    #: A title chosen by the backend; None means "derive it from the URL" (Pika's file names).
+    title: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -32,7 +34,7 @@ class VideoState:
 
 
 class PikaClient:
-    """Submits generations to Pika and reads their state.
+    """Submits generations to Pika and reads their state (the ``pika`` video backend).
 
     Args:
         settings: base URL, token, generation options and timeouts.
@@ -46,6 +48,12 @@ class PikaClient:
         self.session = session or make_session()
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
 
+    name = "pika"
+
+    def first_poll_after(self) -> float:
+        """Pika videos take minutes: the first look comes after ``INITIAL_WAIT_TIME``."""
+        return self.settings.initial_wait_time
+
     def generation_body(self, image_url: str, prompt: str) -> dict[str, Any]:
         """The ``/generate`` body for an image and prompt, with options from the settings."""
         s = self.settings
@@ -57,7 +65,7 @@ class PikaClient:
             options["aspectRatio"] = s.pika_aspect_ratio
         return {"promptText": prompt, "model": s.pika_model, "image": image_url, "options": options}
 
-    def submit(self, image_url: str, prompt: str) -> str:
+    def submit(self, image_url: str, prompt: str, media_name: str = "") -> str:
         """Start a generation and return its Pika job id.
 
         Raises:
@@ -79,7 +87,7 @@ class PikaClient:
             raise GenerationFailed("Pika accepted the submission but its reply has no job id")
         return str(job_id)
 
-    def poll(self, job_id: str) -> VideoState:
+    def poll(self, job_id: str, media_name: str = "", prompt: str | None = None) -> VideoState:
         """Read the state of a generation.
 
         Raises:
