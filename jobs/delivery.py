@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobs import metrics
 from jobs.clients.game import callback_url, same_host
 from jobs.context import Context, get_context
 from jobs.store import DELIVERY_JOB, Record, delivery_job_id, request_digest
@@ -106,6 +107,7 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
             result_ttl=600,
         )
     ctx.store.update(key, **fields)
+    metrics.count(ctx.redis, "i2v_callback_attempts_total", outcome=fields.get("callback_status", "retry"))
     if "callback_status" in fields:
         ctx.store.settle(key)
     log.info(

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
+
+from jobs import metrics
 from jobs.clients.local_backends import LocalCaptioner
 from jobs.clients.pika import VideoState
 from jobs.context import Context, get_context
@@ -88,12 +91,14 @@ def generate(ctx: Context, record: Record) -> None:
     )
     if finished:
         log_event(record, "completed", video_url=video.url)
+        metrics.count(ctx.redis, "i2v_jobs_total", outcome="completed")
 
 
 def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
     """End a request with an error code (``canceled`` for a cancel) unless it already ended."""
     status = "canceled" if isinstance(exc, RequestCanceled) else "failed"
     if ctx.store.finish(record.key, status, error_code=exc.code, error_message=exc.message, **delivering(record)):
+        metrics.count(ctx.redis, "i2v_jobs_total", outcome=exc.code)
         log.warning(
             "request %s",
             status,
@@ -211,6 +216,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             try:
                 job_id = ctx.video.submit(record.image_url, prompt, media_name(record.owner, record.request_id))
             except TransientError as exc:
+                provider_error(ctx, record, ctx.video.name, exc)
                 ctx.store.update(record.key, submit_inflight=False)
                 delay = backoff_delay(ctx, attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
@@ -270,6 +276,7 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
                 try:
                     state = ctx.video.poll(job_id, name, record.prompt)
                 except TransientError as exc:
+                    provider_error(ctx, record, ctx.video.name, exc)
                     log_event(record, "poll failed, polling on", error=exc.message)
                 else:
                     if state.finished:
@@ -319,6 +326,7 @@ def with_retries(
         try:
             return call()
         except TransientError as exc:
+            provider_error(ctx, record, what.split()[0].lower(), exc)
             budget.failures += 1
             budget.spent += time.monotonic() - started
             delay = backoff_delay(ctx, budget.failures, exc.retry_after)
@@ -327,6 +335,12 @@ def with_retries(
             log_event(record, f"retrying {what}", error=exc.message, delay_s=round(delay, 2))
             sleep(ctx, record, delay)
             budget.spent += delay
+
+
+def provider_error(ctx: Context, record: Record, provider: str, exc: TransientError) -> None:
+    """Count a provider answer that had to be retried, by provider and kind."""
+    with contextlib.suppress(RedisError):
+        metrics.count(ctx.redis, "i2v_provider_errors_total", provider=provider, kind=exc.kind)
 
 
 def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> float:
@@ -366,7 +380,10 @@ def step(ctx: Context, record: Record, stage: str) -> Iterator[None]:
         outcome = type(exc).__name__
         raise
     finally:
-        log_event(record, f"{stage} ended", outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        seconds = time.monotonic() - started
+        log_event(record, f"{stage} ended", outcome=outcome, duration_ms=round(seconds * 1000, 1))
+        with contextlib.suppress(RedisError):
+            metrics.observe_stage(ctx.redis, stage, seconds)
 
 
 def log_event(record: Record, message: str, **fields: Any) -> None:
