@@ -119,6 +119,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     #: Requests in flight at Pika at once (0: no cap beyond the number of workers).
     pika_max_concurrency: int = 0
+    rq_dashboard: bool = False
 
     # Records and the web edge.
     record_ttl: int = 7 * 24 * 3600
@@ -251,6 +252,7 @@ VARIABLES = frozenset(
         "IMAGE_HOST_ALLOWLIST",
         "RATE_LIMIT",
         "ALLOW_LOCAL_BACKENDS",
+        "RQ_DASHBOARD",
         "REPLICATE_VIDEO_MODEL",
     ]
 )
@@ -361,6 +363,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["callback_retry_delays"] = _parse_delays("CALLBACK_RETRY_DELAYS", raw)
     if (raw := given("I2V_API_KEYS")) is not None:
         values["api_key_digests"] = _parse_api_keys(raw)
+    if (raw := given("RQ_DASHBOARD")) is not None:
+        values["rq_dashboard"] = _parse_bool("RQ_DASHBOARD", raw)
     if (raw := given("ALLOW_LOCAL_BACKENDS")) is not None:
         values["allow_local_backends"] = _parse_bool("ALLOW_LOCAL_BACKENDS", raw)
     if (raw := given("REPLICATE_VIDEO_MODEL")) is not None:

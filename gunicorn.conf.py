@@ -4,11 +4,13 @@ import os
 import shutil
 import tempfile
 
-from prometheus_client import multiprocess
-
 # /metrics must count every gunicorn worker: prometheus_client's multiprocess mode keeps each
-# worker's numbers in files here. Set before the app (and prometheus_client's metrics) load.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+# worker's numbers in files here. Set before prometheus_client is imported anywhere, and start
+# from empty files: numbers of a previous run would be counted again.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+else:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="i2v-metrics-")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -28,13 +30,8 @@ access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "b
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-def on_starting(server) -> None:
-    """Start from empty metric files: numbers of a previous run would be counted again."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path, exist_ok=True)
-
-
 def child_exit(server, worker) -> None:
     """Let a dead worker's live gauges go (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
     multiprocess.mark_process_dead(worker.pid)

@@ -9,7 +9,7 @@ from redis import Redis
 from rq import Queue
 
 from config import ConfigError, Settings, configure_logging, load_settings
-from i2v_app import auth, limits, metrics
+from i2v_app import auth, dashboard, limits, metrics
 from i2v_app.errors import ProblemApi, register_error_handlers
 from jobs.store import RequestStore
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     attach_services(app, settings)
     metrics.install(app)
     auth.install(app, settings)
+    dashboard.install(app, settings)
     limits.install(app, settings)
 
     api = ProblemApi(app)
