@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from i2v_app import eta, lifecycle, services
+from i2v_app.errors import SafeJSONParser
 from i2v_app.schemas import (
     REQUEST_ID_PATTERN,
     RequestHeadersSchema,
@@ -20,8 +22,14 @@ from i2v_app.schemas import (
 from jobs.store import Record
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
-#: Every operation here needs an API key (see i2v_app.auth); the spec says so for Swagger UI.
-SECURED = {"security": [{"bearerAuth": []}]}
+blp.ARGUMENTS_PARSER = SafeJSONParser()
+
+
+def secured(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Document that an operation needs an API key (see i2v_app.auth), and the errors every one has."""
+    for status, name in ((401, "UNAUTHORIZED"), (429, "TOO_MANY_REQUESTS"), (503, "SERVICE_UNAVAILABLE")):
+        view = blp.alt_response(status, response=name)(view)
+    return blp.doc(security=[{"bearerAuth": []}])(view)
 
 
 def owner() -> str:
@@ -95,13 +103,15 @@ def check_callback_url(url: str | None) -> None:
 class Submissions(MethodView):
     """Submitting images."""
 
-    @blp.doc(**SECURED)
+    @secured
     @blp.arguments(RequestHeadersSchema, location="headers")
     @blp.arguments(SubmitSchema)
     @blp.response(202, SubmitReplySchema)
     @blp.alt_response(200, schema=SubmitReplySchema, description="Already submitted with this id: nothing new runs")
-    @blp.alt_response(409, description="This request id was already used with a different image")
-    @blp.alt_response(503, description="The backlog is full (MAX_QUEUED); retry after Retry-After")
+    @blp.alt_response(409, response="CONFLICT")
+    @blp.alt_response(400, response="BAD_REQUEST")
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+    @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
     def post(self, headers: dict[str, str], body: dict[str, str]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Start turning an image into a video.
 
@@ -133,17 +143,17 @@ class Submissions(MethodView):
 class RequestStatus(MethodView):
     """One request."""
 
-    @blp.doc(**SECURED)
+    @secured
     @blp.response(200, RequestStatusSchema)
-    @blp.alt_response(404, description="No such request")
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, request_id: str) -> dict[str, Any]:
         """Read a request's status, stage, result, callback delivery and ETA."""
         return present(find(request_id))
 
-    @blp.doc(**SECURED)
+    @secured
     @blp.response(202, RequestStatusSchema)
-    @blp.alt_response(404, description="No such request")
-    @blp.alt_response(409, description="The request has already finished")
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def delete(self, request_id: str) -> tuple[dict[str, Any], int]:
         """Cancel a request.
 
@@ -160,10 +170,10 @@ class RequestStatus(MethodView):
 class Redelivery(MethodView):
     """A request's callback."""
 
-    @blp.doc(**SECURED)
+    @secured
     @blp.response(202, RequestStatusSchema)
-    @blp.alt_response(404, description="No such request")
-    @blp.alt_response(409, description="The callback is not in the failed state")
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, request_id: str) -> tuple[dict[str, Any], int]:
         """Send a callback again after it ran out of retries (same ``webhook-id``)."""
         try:

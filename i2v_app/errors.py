@@ -11,9 +11,11 @@ from http import HTTPStatus
 from typing import Any
 
 import marshmallow as ma
-from flask import Flask, Response, g, json, request
+from flask import Flask, Request, Response, g, json, request
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from redis.exceptions import RedisError
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from i2v_app.schemas import REQUEST_ID_PATTERN
@@ -81,10 +83,32 @@ def _summarize(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {messages}" if prefix else str(messages)]
 
 
+class SafeJSONParser(FlaskParser):
+    """webargs' parser, answering 400 for JSON that Python cannot hold (too deep, huge numbers)."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except (RecursionError, ValueError) as exc:
+            return self._handle_invalid_json_error(exc, req)
+
+
 class ProblemApi(Api):
     """flask-smorest's Api, answering every HTTP error as a problem document."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        """Document the error responses with the content type they really have."""
+        for status in HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Turn an ``HTTPException`` (``abort``, routing, validation) into a problem."""

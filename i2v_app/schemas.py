@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
-from jobs.urlpolicy import UnsafeURL, check_image_url
+from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
 
 #: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:~]{1,128}")
@@ -63,7 +63,8 @@ class RequestHeadersSchema(Schema):
     request_id = fields.String(
         data_key="x-request-id",
         required=True,
-        validate=validate_request_id,
+        # The Regexp and Length document the rule in the spec; validate_request_id words the error.
+        validate=[validate_request_id, validate.Length(1, 128), validate.Regexp(REQUEST_ID_PATTERN.pattern)],
         metadata={"description": "The caller's id for this request; the callback is sent for it."},
     )
 
@@ -76,7 +77,7 @@ class SubmitSchema(Schema):
 
     image_id = fields.String(
         required=True,
-        validate=validate_image_url,
+        validate=[validate_image_url, validate.Length(1, MAX_URL_LENGTH)],
         metadata={"description": "Public URL of the image to animate (HTML-escaped URLs are accepted)."},
     )
 

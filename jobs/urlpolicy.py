@@ -68,11 +68,17 @@ def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise UnsafeURL("must not contain whitespace or control characters")
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeURL("has a host or path with characters that are not valid text") from None
+    try:
         parts = urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
+        port = parts.port  # raises ValueError for a malformed port
     except ValueError as exc:
         raise UnsafeURL(f"not a valid URL ({exc})") from None
+    if port == 0:
+        raise UnsafeURL("must not use port 0")
     if parts.scheme not in ("http", "https"):
         raise UnsafeURL("must be an http or https URL")
     if not host:
@@ -84,7 +90,7 @@ def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
         host = host.encode("idna").decode("ascii").rstrip(".").lower()
     except UnicodeError:
         raise UnsafeURL("has an invalid host name") from None
-    if host in allowlist:
+    if host in allowlist or (port and f"{host}:{port}" in allowlist):
         return url
     address = literal_address(host)
     if address is not None:

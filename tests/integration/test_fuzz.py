@@ -158,10 +158,6 @@ def test_submit_enforces_the_key(secured_submit, redis) -> None:
     assert 202 in seen, seen
 
 
-@pytest.mark.xfail(
-    reason="spec documents error replies (422, default) as application/json; the app sends application/problem+json",
-    strict=True,
-)
 def test_error_media_type_is_documented(app, redis) -> None:
     """Error replies of the submit operation use a media type the spec declares."""
     fuzz(load(app, "/api/v1/i2v")["/api/v1/i2v"]["POST"], INVALID, redis, [content_type_conformance])
