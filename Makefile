@@ -8,10 +8,11 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: run test lint format clean
 
-$(STAMP): requirements.txt
+# One environment for running and testing: the pinned runtime plus the pinned test tools.
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	cp requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	cat requirements.txt requirements-dev.txt > $(STAMP)
 
 ## run: the whole service (web + worker, and a Redis of its own when REDIS_URL is unset)
 run: $(STAMP)

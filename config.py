@@ -55,7 +55,8 @@ class Settings:
     replicate_video_model: str = "wan-video/wan-2.2-i2v-fast"
 
     # Media made or kept by the service (local videos, Replicate outputs).
-    public_base_url: str = "http://127.0.0.1:8000"
+    #: The service's own public address, for media URLs (``http://127.0.0.1:$PORT`` in development).
+    public_base_url: str = ""
     media_store: str = "disk"
     media_dir: str = "instance/media"
     media_ttl: int = 4 * 24 * 3600
@@ -253,6 +254,7 @@ VARIABLES = frozenset(
         "RATE_LIMIT",
         "ALLOW_LOCAL_BACKENDS",
         "RQ_DASHBOARD",
+        "REDIS_SSL_CERT_REQS",
         "REPLICATE_VIDEO_MODEL",
     ]
 )
@@ -319,6 +321,13 @@ def _parse_secrets(name: str, raw: str) -> tuple[str, ...]:
     return secrets
 
 
+def _with_cert_reqs(url: str, reqs: str) -> str:
+    """Add ``ssl_cert_reqs`` to a ``rediss://`` URL (managed Redis with self-signed certificates)."""
+    if not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}ssl_cert_reqs={reqs}"
+
+
 def _parse_model_name(name: str, raw: str) -> str:
     owner_name = raw.partition(":")[0]
     if owner_name.count("/") != 1 or not all(owner_name.split("/")):
@@ -379,7 +388,17 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["callback_url_allowlist"] = _parse_hosts(raw)
     if (raw := given("CALLBACK_SIGNING_SECRET")) is not None:
         values["callback_signing_secrets"] = _parse_secrets("CALLBACK_SIGNING_SECRET", raw)
+    if (raw := given("REDIS_SSL_CERT_REQS")) is not None and "redis_url" in values:
+        values["redis_url"] = _with_cert_reqs(
+            str(values["redis_url"]), _parse_choice("REDIS_SSL_CERT_REQS", raw, ("required", "optional", "none"))
+        )
+    if values.get("env") == "development" and "public_base_url" not in values:
+        values["public_base_url"] = f"http://127.0.0.1:{env.get('PORT') or '8000'}"
     settings = Settings(**values)
+    if settings.video_backend != "pika" and not settings.public_base_url:
+        raise ConfigError(
+            f"PUBLIC_BASE_URL must be set: VIDEO_BACKEND={settings.video_backend} serves videos from this service"
+        )
     local = [
         n
         for n, v in (("CAPTION_BACKEND", settings.caption_backend), ("VIDEO_BACKEND", settings.video_backend))

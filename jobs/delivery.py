@@ -106,8 +106,9 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
             job_id=delivery_job_id(key, attempt + 1),
             result_ttl=600,
         )
-    ctx.store.update(key, **fields)
+    # Counted before the record says so, so whoever reads a settled record sees the count too.
     metrics.count(ctx.redis, "i2v_callback_attempts_total", outcome=fields.get("callback_status", "retry"))
+    ctx.store.update(key, **fields)
     if "callback_status" in fields:
         ctx.store.settle(key)
     log.info(

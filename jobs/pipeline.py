@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from jobs import metrics
+from jobs import metrics, shutdown
 from jobs.clients.local_backends import LocalCaptioner
 from jobs.clients.pika import VideoState
 from jobs.context import Context, get_context
@@ -35,6 +35,7 @@ from jobs.errors import (
     TransientError,
 )
 from jobs.media import media_name
+from jobs.shutdown import WorkerStopping
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
 
@@ -351,7 +352,14 @@ def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> floa
 
 
 def check_cancel(ctx: Context, record: Record) -> None:
-    """Raise :class:`RequestCanceled` if the caller has canceled the request."""
+    """Stop here if the caller canceled the request, or if the worker is shutting down.
+
+    Raises:
+        RequestCanceled: the caller canceled.
+        WorkerStopping: the worker got SIGTERM; RQ requeues the job and another worker resumes it.
+    """
+    if shutdown.REQUESTED.is_set():
+        raise WorkerStopping("the worker is stopping; the request goes back to the queue")
     if ctx.redis.hget(record.key, "cancel_requested") in (b"1", "1"):
         raise RequestCanceled("canceled by the caller")
 

@@ -1,23 +1,38 @@
-"""The RQ worker the Procfile runs: refuses to start without provider tokens, heart-beats tightly."""
+"""The RQ worker the Procfile runs (inside ``rq worker-pool``).
+
+It runs each job in its own process, without forking a work-horse per job: a request spends
+minutes waiting, and a fork per request doubles the memory each one holds. What the fork gave
+is kept by other means: a heartbeat thread shows the job is alive (so the janitor notices a
+dead worker within ``WORKER_HEARTBEAT_INTERVAL`` + 15 s), and on SIGTERM the running request
+hands itself back to the queue at its next step instead of being cut off by the platform.
+"""
 
 from __future__ import annotations
 
-import signal
+import contextlib
+import threading
 from typing import Any
 
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.queue import Queue as RQQueue
+from rq.worker import WorkerStatus
 
 from config import ConfigError, configure_logging, load_settings
+from jobs import shutdown
 from jobs.context import resilient_redis
 
 
-class PipelineWorker(Worker):
-    """An ``rq.Worker`` that validates the settings before it takes any job.
+class PipelineWorker(SimpleWorker):
+    """An RQ worker that validates the settings before it takes any job.
 
     A bad setting or a missing provider token stops the process at start with a message naming
     the variables, instead of failing every request later.
     """
+
+    #: Seconds a missed heartbeat is tolerated. RQ allows 60; a shorter grace lets the janitor
+    #: hand a dead worker's request to a live one well within two minutes.
+    HEARTBEAT_GRACE = 15
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -38,21 +53,34 @@ class PipelineWorker(Worker):
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = settings.worker_heartbeat_interval
 
-    #: Seconds a missed heartbeat is tolerated. RQ allows 60; a shorter grace lets the janitor
-    #: hand a dead worker's request to a live one well within two minutes.
-    HEARTBEAT_GRACE = 15
+    def execute_job(self, job: Job, queue: RQQueue) -> None:
+        """Run the job here, with a thread keeping its heartbeat fresh."""
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.job_monitoring_interval):
+                with contextlib.suppress(Exception):  # a missed beat is retried at the next one
+                    self.maintain_heartbeats(job, execution)
+
+        thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            thread.join()
+        self.set_state(WorkerStatus.IDLE)
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """On SIGTERM, hand the running request back at once instead of finishing it here.
 
         A platform restart (Heroku: SIGTERM, then SIGKILL 30 s later) would otherwise cut a wait of
-        minutes short anyway. Ending the work-horse now makes RQ requeue the job, and a live worker
+        minutes short anyway. The request stops at its next step and RQ requeues it; a live worker
         resumes it from its record: same prediction, same Pika job, one callback.
         """
+        shutdown.REQUESTED.set()
         super().request_stop(signum, frame)
-        if self.horse_pid:
-            self.log.info("Worker %s: handing the running job back to the queue", self.name)
-            self.kill_horse(signal.SIGTERM)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """How long the current execution counts as alive without another heartbeat."""

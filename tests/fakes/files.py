@@ -200,9 +200,10 @@ def mp4_bytes(seconds: float = 1.0, fps: int = 8, size: str = "64x48") -> bytes:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What ffmpeg reads from a video: codec, size, frame rate, duration and decoded frames."""
+    """What ffmpeg reads from a video: codec, pixel format, size, frame rate, duration and the frames."""
 
     codec: str
+    pix_fmt: str
     width: int
     height: int
     fps: float
@@ -210,32 +211,39 @@ class VideoInfo:
     frames: list[bytes]
 
 
-_STREAM = re.compile(r"Stream #\S+.*?: Video: (\w+).*?, (\d+)x(\d+)[, \[].*?, ([\d.]+) fps")
+_VIDEO_LINE = re.compile(r"Stream #\S+.*?: Video: (.*)")
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 
 
 def probe(data: bytes) -> VideoInfo:
-    """Read an MP4 with ffmpeg: ``-i`` output for the stream, then decode every frame as RGB."""
+    """Read an MP4 with ffmpeg: the ``-i`` report for the stream, then every frame decoded as RGB."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.mp4"
         path.write_bytes(data)
-        info = subprocess.run([ffmpeg, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
-        stream, duration = _STREAM.search(info), _DURATION.search(info)
-        assert stream and duration, f"ffmpeg could not read the video:\n{info}"
-        width, height = int(stream[2]), int(stream[3])
+        report = subprocess.run([ffmpeg, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+        line, duration = _VIDEO_LINE.search(report), _DURATION.search(report)
+        assert line and duration, f"ffmpeg could not read the video:\n{report}"
+        # e.g. "h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 720x450 [SAR 1:1 DAR 8:5], 8 fps, ..."
+        stream = line[1]
+        size = re.search(r", (\d+)x(\d+)\b", stream)
+        fps = re.search(r"([\d.]+) fps", stream)
+        pix_fmt = re.search(r"\), (\w+)[(,]", stream)
+        assert size and fps and pix_fmt, f"unexpected stream description: {stream}"
+        width, height = int(size[1]), int(size[2])
         raw = subprocess.run(
             [ffmpeg, "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
             capture_output=True,
             check=True,
         ).stdout
-    size = width * height * 3
+    frame = width * height * 3
     hours, minutes, seconds = duration.groups()
     return VideoInfo(
-        codec=stream[1],
+        codec=stream.split()[0],
+        pix_fmt=pix_fmt[1],
         width=width,
         height=height,
-        fps=float(stream[4]),
+        fps=float(fps[1]),
         duration=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
-        frames=[raw[i : i + size] for i in range(0, len(raw), size)],
+        frames=[raw[i : i + frame] for i in range(0, len(raw), frame)],
     )
