@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import g, url_for
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -126,17 +126,19 @@ class Submissions(MethodView):
             request_id=request_id, image_url=body["image_id"], owner=owner(), callback_url=body.get("callback_url")
         )
         try:
-            stored, created = lifecycle.submit(record)
+            outcome = lifecycle.submit(record)
         except lifecycle.Backlogged as exc:
             abort(503, message=str(exc), headers={"Retry-After": "60"})
-        location = {"Location": url_for("i2v.RequestStatus", request_id=request_id)}
-        if not created and stored.image_url != record.image_url:
+        stored = outcome.record
+        location = {"Location": f"{blp.url_prefix}/{request_id}"}
+        if not outcome.created and stored.image_url != record.image_url:
             abort(409, message=f"Request id {request_id!r} was already used with a different image")
+        if outcome.created:
+            expected, latest = eta.estimate(services.settings(), stored, outcome.ahead, outcome.workers) or (0, 0)
+            return {"message": eta.eta_text(expected, latest), "request_id": request_id}, 202, location
         expected, latest = estimate(stored) or (0, 0)
-        reply = {"message": eta.eta_text(expected, latest), "request_id": request_id}
-        if created:
-            return reply, 202, location
-        return {**reply, "status": stored.status}, 200, location
+        reply = {"message": eta.eta_text(expected, latest), "request_id": request_id, "status": stored.status}
+        return reply, 200, location
 
 
 @blp.route("/<string:request_id>")

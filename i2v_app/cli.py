@@ -77,9 +77,10 @@ def submit(image_url: str, request_id: str | None, wait: bool, owner: str) -> No
         raise click.ClickException(f"invalid input: {exc.messages}") from None
     record = Record(request_id=request_id, image_url=image_url, owner=owner)
     try:
-        stored, created = lifecycle.submit(record)
+        outcome = lifecycle.submit(record)
     except lifecycle.Backlogged as exc:
         raise click.ClickException(str(exc)) from None
+    stored, created = outcome.record, outcome.created
     if not created and stored.image_url != image_url:
         raise click.ClickException(f"request id {request_id!r} was already used with a different image")
     click.echo(f"{'submitted' if created else 'already known'}: {request_id}")

@@ -6,9 +6,10 @@ import contextlib
 
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from i2v_app import services
-from jobs.store import NotAdmitted, Record, enqueue_delivery, enqueue_pipeline, job_id_for
+from jobs.store import Created, NotAdmitted, Record, enqueue_delivery, enqueue_pipeline, job_id_for
 
 
 class Conflict(Exception):
@@ -19,14 +20,11 @@ class Backlogged(Exception):
     """``MAX_QUEUED`` requests are already waiting."""
 
 
-def submit(record: Record) -> tuple[Record, bool]:
+def submit(record: Record) -> Created:
     """Store a new request and enqueue its job, or return the one stored under its id.
 
     A repeat of a known id is always answered; a new one is refused while ``MAX_QUEUED``
     requests wait, rather than queueing work no one would see for hours.
-
-    Returns:
-        The stored record and whether it was created now.
 
     Raises:
         Backlogged: the queue is full.
@@ -37,7 +35,9 @@ def submit(record: Record) -> tuple[Record, bool]:
         return services.store().create(
             record,
             lambda pipe: enqueue_pipeline(queue, record, settings.job_timeout, pipe),
-            admit=lambda pipe: pipe.llen(queue.key) < settings.max_queued,
+            queue_key=queue.key,
+            workers_key=WORKERS_BY_QUEUE_KEY % queue.name,
+            max_queued=settings.max_queued,
         )
     except NotAdmitted:
         raise Backlogged(f"{settings.max_queued} requests are already waiting; try again later") from None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from redis import Redis, WatchError
+from redis import Redis
 from redis.client import Pipeline
 from rq import Callback, Queue, Retry
 from rq.job import Job
@@ -57,6 +57,27 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# Create a request: record, index entry and RQ job (its writes passed in as commands), or nothing.
+# KEYS: record, active index, RQ queue list, RQ workers-by-queue set
+# ARGV: max queued, record TTL, now, n, <n record field/value parts>, then per command: argc, argv...
+_CREATE = """
+local existing = redis.call('HGETALL', KEYS[1])
+if #existing > 0 then return {0, existing} end
+local depth = redis.call('LLEN', KEYS[3])
+if depth >= tonumber(ARGV[1]) then return {2, depth} end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+local i = 5 + n
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + argc + 1
+end
+return {1, depth, redis.call('SCARD', KEYS[4])}
+"""
+
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -88,6 +109,17 @@ def job_id_for(owner: str, request_id: str) -> str:
 
 class NotAdmitted(Exception):
     """A new request was refused (the backlog is full)."""
+
+
+@dataclass(frozen=True)
+class Created:
+    """What :meth:`RequestStore.create` did: the stored record, and for a new one its place in line."""
+
+    record: Record
+    created: bool
+    #: Requests queued ahead of this one, and workers serving the queue (new requests only).
+    ahead: int
+    workers: int
 
 
 @dataclass
@@ -232,48 +264,50 @@ class RequestStore:
         self._finish = redis.register_script(_FINISH)
         self._reset_callback = redis.register_script(_RESET_CALLBACK)
         self._claim = redis.register_script(_CLAIM)
+        self._create = redis.register_script(_CREATE)
 
     def create(
         self,
         record: Record,
         enqueue: Callable[[Pipeline], Any],
-        admit: Callable[[Pipeline], bool] | None = None,
-    ) -> tuple[Record, bool]:
-        """Store a new record and enqueue its job in one transaction, unless the id exists.
+        *,
+        queue_key: str,
+        workers_key: str,
+        max_queued: int,
+    ) -> Created:
+        """Store a new record and enqueue its job atomically, in one round trip, unless the id exists.
 
-        Record and job are written together or not at all, so a crash between the two can never
-        leave a request that no worker will run.
+        ``enqueue`` builds the job with RQ's own API into a pipeline that is never sent: its
+        commands run inside one script with the record's, and only for a new id. Record and job are
+        written together or not at all, so no crash can leave a request that no worker will run.
 
         Args:
             record: the new request.
-            enqueue: adds the job to the transaction.
-            admit: asked only for a new id (a repeat is always answered); False refuses it.
-
-        Returns:
-            The stored record and whether it was created now (False: it already existed).
+            enqueue: adds the RQ job's writes to a pipeline.
+            queue_key: the RQ queue's list, for the backlog check and the request's place in line.
+            workers_key: the set of workers serving that queue.
+            max_queued: a new request is refused while this many wait (a repeat is always answered).
 
         Raises:
-            NotAdmitted: ``admit`` refused the new request.
+            NotAdmitted: the backlog is full.
         """
-        key = record.key
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    existing = pipe.hgetall(key)
-                    if existing:
-                        return Record.from_redis(existing), False
-                    if admit is not None and not admit(pipe):
-                        raise NotAdmitted(record.request_id)
-                    pipe.multi()
-                    pipe.hset(key, mapping=record.to_redis())
-                    pipe.expire(key, self.ttl)
-                    pipe.zadd(ACTIVE_KEY, {key: time.time()})
-                    enqueue(pipe)
-                    pipe.execute()
-                    return record, True
-                except WatchError:
-                    continue
+        capture = self.redis.pipeline(transaction=False)
+        enqueue(capture)
+        encode = self.redis.get_encoder().encode
+        argv: list[Any] = [max_queued, self.ttl, time.time()]
+        fields = [part for pair in record.to_redis().items() for part in pair]
+        argv += [len(fields), *fields]
+        for args, _options in capture.command_stack:
+            argv += [len(args), *(encode(a) for a in args)]
+        capture.reset()
+        result = self._create(keys=[record.key, ACTIVE_KEY, queue_key, workers_key], args=argv)
+        outcome = int(result[0])
+        if outcome == 0:
+            flat = result[1]
+            return Created(Record.from_redis(dict(zip(flat[::2], flat[1::2], strict=True))), False, 0, 0)
+        if outcome == 2:
+            raise NotAdmitted(record.request_id)
+        return Created(record, True, int(result[1]), int(result[2]))
 
     def get(self, owner: str, request_id: str) -> Record | None:
         """The record of (owner, request id), or None."""
