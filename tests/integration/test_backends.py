@@ -336,6 +336,6 @@ def test_worker_refuses_to_start_without_what_its_backends_need(
     """A worker stops at start with a message naming the missing permission or token."""
     worker = start_process("worker", **{**backend_env, **overrides})
     assert worker.proc is not None
-    assert worker.proc.wait(timeout=20) != 0
+    assert worker.proc.wait(timeout=10) != 0
     for name in named:
         assert name in worker.output
