@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pydantic
 import replicate
+from httpx._utils import get_environment_proxies
+from replicate.client import RetryTransport
 from replicate.exceptions import ReplicateError
 
 from config import Settings
@@ -48,6 +50,18 @@ class PredictionState:
         return self.status in DONE
 
 
+def environment_proxy_mounts() -> dict[str, httpx.BaseTransport | None]:
+    """Transports for HTTP(S)_PROXY / NO_PROXY from the environment.
+
+    The replicate client hands httpx a transport of its own, and httpx then ignores the proxy
+    variables; mounting proxy transports restores them (with the client's retries kept).
+    """
+    return {
+        pattern: RetryTransport(wrapped_transport=httpx.HTTPTransport(proxy=url)) if url else None
+        for pattern, url in get_environment_proxies().items()
+    }
+
+
 class ReplicateAPI:
     """The one client of Replicate's HTTP API, mapping its errors onto the failure taxonomy.
 
@@ -70,6 +84,7 @@ class ReplicateAPI:
             timeout=timeout,
             # The client's errors drop the response headers; keep Retry-After to honour it.
             event_hooks={"response": [self._remember_retry_after]},
+            mounts=environment_proxy_mounts(),
         )
 
     def _remember_retry_after(self, response: httpx.Response) -> None:
