@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 import click
 from flask import Flask
@@ -46,10 +47,7 @@ def status(request_id: str, owner: str) -> None:
 @owner_option
 def cancel(request_id: str, owner: str) -> None:
     """Cancel a request; exactly one FAILED callback follows."""
-    try:
-        _print(lifecycle.cancel(_load(request_id, owner)))
-    except lifecycle.Conflict as exc:
-        raise click.ClickException(str(exc)) from None
+    _act(lifecycle.cancel, request_id, owner)
 
 
 @i2v.command("redeliver")
@@ -57,8 +55,13 @@ def cancel(request_id: str, owner: str) -> None:
 @owner_option
 def redeliver(request_id: str, owner: str) -> None:
     """Send a callback again after it ran out of retries."""
+    _act(lifecycle.redeliver, request_id, owner)
+
+
+def _act(action: Callable[[Record], Record], request_id: str, owner: str) -> None:
+    """Apply a lifecycle action to a request and print the result (a conflict is a clean error)."""
     try:
-        _print(lifecycle.redeliver(_load(request_id, owner)))
+        _print(action(_load(request_id, owner)))
     except lifecycle.Conflict as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -5,7 +5,8 @@ The Procfile runs it as ``scheduler``. Every ``JANITOR_INTERVAL`` seconds it
 - hands RQ the executions whose worker stopped heart-beating (a SIGKILL, an OOM kill): RQ retries
   them, and the job resumes from its record — the same prediction, the same Pika job;
 - re-enqueues unfinished requests whose job is gone, and fails those whose job failed for good;
-- restarts callback delivery that a crash interrupted.
+- restarts callback delivery that a crash interrupted;
+- removes stored videos older than ``MEDIA_TTL`` (disk store; Redis expires its own).
 
 Workers only notice abandoned jobs between jobs, which with long waits may be never; this process
 makes recovery independent of that.
@@ -57,13 +58,14 @@ def sweep(ctx: Context, *, hand_back_abandoned: bool = True) -> dict[str, int]:
         hand_back_abandoned: False right after a Redis outage, when heartbeats look stale only
             because nobody could write them; live workers get one heartbeat period to catch up.
     """
-    done = {"abandoned": 0, "requeued": 0, "failed": 0, "redelivered": 0}
+    done = {"abandoned": 0, "requeued": 0, "failed": 0, "redelivered": 0, "media_removed": 0}
     registry = StartedJobRegistry(queue=ctx.queue)
     expired = registry.get_expired_job_ids() if hand_back_abandoned else []
     if expired:
         registry.cleanup()
         done["abandoned"] = len(expired)
         log.warning("abandoned jobs handed back to RQ", extra={"jobs": expired})
+    done["media_removed"] = ctx.media.expire()
     for key in ctx.store.active(older_than=ctx.settings.janitor_grace):
         record = ctx.store.get_by_key(key)
         if record is None:

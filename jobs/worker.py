@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from datetime import timedelta
 from typing import Any
 
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.queue import Queue as RQQueue
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from config import ConfigError, configure_logging, load_settings
@@ -80,7 +82,17 @@ class PipelineWorker(SimpleWorker):
         resumes it from its record: same prediction, same Pika job, one callback.
         """
         shutdown.REQUESTED.set()
+        # Stamp first: a pool forwards SIGINT while the platform sends SIGTERM, and the second
+        # signal must find the first one recorded (see request_force_stop).
+        self._shutdown_requested_date = now()
         super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """A second stop signal: ignored when it is the echo of the first (pool + platform)."""
+        stamped = getattr(self, "_shutdown_requested_date", None)
+        if stamped is None or now() - stamped < timedelta(seconds=1):
+            return
+        super().request_force_stop(signum, frame)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """How long the current execution counts as alive without another heartbeat."""
