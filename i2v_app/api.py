@@ -104,8 +104,8 @@ class Submissions(MethodView):
     """Submitting images."""
 
     @secured
-    @blp.arguments(RequestHeadersSchema, location="headers")
-    @blp.arguments(SubmitSchema)
+    @blp.arguments(RequestHeadersSchema(), location="headers")
+    @blp.arguments(SubmitSchema())
     @blp.response(202, SubmitReplySchema)
     @blp.alt_response(200, schema=SubmitReplySchema, description="Already submitted with this id: nothing new runs")
     @blp.alt_response(409, response="CONFLICT")

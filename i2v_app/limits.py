@@ -29,14 +29,14 @@ def install(app: Flask, settings: Settings) -> None:
         submitting = request.method == "POST" and request.path == SUBMIT_PATH
         if submitting and request.mimetype != "application/json":
             return problem(415, "Send the body as JSON with 'Content-Type: application/json'.")
-        too_large = problem(413, f"The body is larger than {settings.max_body_bytes} bytes.")
-        if request.content_length and request.content_length > settings.max_body_bytes:
-            return too_large
+        length = request.content_length
         # A chunked body has no declared length: werkzeug stops reading at the cap, so a body that
         # fills it exactly was cut short.
-        chunked = request.content_length is None and request.method in ("POST", "PUT", "PATCH")
-        if chunked and len(request.get_data(cache=True)) >= settings.max_body_bytes:
-            return too_large
+        chunked = length is None and request.method in ("POST", "PUT", "PATCH")
+        if (length and length > settings.max_body_bytes) or (
+            chunked and len(request.get_data(cache=True)) >= settings.max_body_bytes
+        ):
+            return problem(413, f"The body is larger than {settings.max_body_bytes} bytes.")
         if settings.rate_limit is None:
             return None
         count, window = settings.rate_limit

@@ -293,12 +293,11 @@ class RequestStore:
         """
         capture = self.redis.pipeline(transaction=False)
         enqueue(capture)
-        encode = self.redis.get_encoder().encode
         argv: list[Any] = [max_queued, self.ttl, time.time()]
         fields = [part for pair in record.to_redis().items() for part in pair]
         argv += [len(fields), *fields]
         for args, _options in capture.command_stack:
-            argv += [len(args), *(encode(a) for a in args)]
+            argv += [len(args), *args]  # the client encodes them as it would have in the pipeline
         capture.reset()
         result = self._create(keys=[record.key, ACTIVE_KEY, queue_key, workers_key], args=argv)
         outcome = int(result[0])
