@@ -9,6 +9,7 @@ started). The end-to-end tests use the same Procfile reading.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,6 +64,8 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
             *("--save", "60 1", "--appendonly", "yes", "--maxmemory-policy", "noeviction"),
         ],
         stdout=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers are done.
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -81,6 +84,12 @@ def spawn(command: str, env: dict[str, str], **popen: object) -> subprocess.Pope
     """Start a Procfile command as Heroku does (through a shell), with this venv's tools first on PATH."""
     env = {**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")}
     return subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], env=env, cwd=ROOT, **popen)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a child's whole session (it was started as its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 def _pump(name: str, stream, width: int) -> None:
@@ -123,20 +132,22 @@ def development_defaults(env: dict[str, str]) -> list[str]:
 
 def main() -> int:
     """Start Redis (if needed), the web process and the worker; stop them all on Ctrl-C."""
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    if os.environ.get("I2V_DOTENV", "1") != "0":
+        load_dotenv(find_dotenv(usecwd=True), override=False)
     env = dict(os.environ)
     env.setdefault("PORT", "8000")
     env.setdefault("HOST", "127.0.0.1")
     banner = development_defaults(env)
     children: list[tuple[str, subprocess.Popen]] = []
     if not env.get("REDIS_URL"):
-        redis_proc, env["REDIS_URL"] = start_redis(ROOT / "instance" / "redis")
+        redis_proc, env["REDIS_URL"] = start_redis(Path(env.get("I2V_INSTANCE_DIR") or ROOT / "instance") / "redis")
         children.append(("redis", redis_proc))
         print(f"launch | started Redis at {env['REDIS_URL']} (data in instance/redis)")
     processes = {k: v for k, v in read_procfile().items() if k != "release"}
     width = max(map(len, processes))
     for name, command in processes.items():
-        proc = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Each process in a session of its own, so that stopping it reaches everything it started.
+        proc = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         children.append((name, proc))
         threading.Thread(target=_pump, args=(name, proc.stdout, width), daemon=True).start()
     print(f"launch | i2v on http://{env['HOST']}:{env['PORT']} (docs at /docs); Ctrl-C stops everything")
@@ -154,16 +165,18 @@ def main() -> int:
             stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
-    # Service processes first, Redis last: a worker handing its job back still needs Redis.
+    # Service processes first (each with everything it started), Redis last: a worker handing its
+    # request back still needs Redis.
     for group in ([c for c in children if c[0] != "redis"], [c for c in children if c[0] == "redis"]):
         for _, proc in group:
-            if proc.poll() is None:
-                proc.terminate()
+            _signal_group(proc, signal.SIGTERM)
         for _, proc in group:
             try:
                 proc.wait(timeout=25)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+            _signal_group(proc, signal.SIGKILL)  # leftovers of a process that exited before them
     return 0
 
 

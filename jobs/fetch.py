@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import socket
+import warnings
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -16,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from jobs.urlpolicy import UnsafeURL, check_image_url, is_public_address, literal_address
 
 MAX_REDIRECTS = 5
+#: Largest picture decoded (about 8K x 5K); bigger ones are refused before decoding.
+MAX_PIXELS = 40_000_000
 
 
 class FetchError(Exception):
@@ -79,8 +82,13 @@ def fetch(
 def open_image(data: bytes) -> Image.Image:
     """Decode image bytes, refusing anything that is not a real image."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # A small file that decodes to a huge picture is refused, not decoded.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
+            image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise FetchError(f"the URL did not return a readable image ({type(exc).__name__})") from None
     return image.convert("RGB")

@@ -26,6 +26,6 @@ def title_from_video_url(url: str) -> str:
 
 def title_from_prompt(prompt: str) -> str:
     """A title for a video the service made or keeps itself: the prompt's first words, capitalized."""
-    words = re.findall(r"[A-Za-z]+", prompt.split("(")[0])
+    words = re.findall(r"[^\W\d_]+", prompt.split("(")[0])
     words = [w for w in words if w.lower() not in ("a", "an", "the")][:4]
     return " ".join(words).capitalize() or DEFAULT_TITLE

@@ -10,7 +10,9 @@ hands itself back to the queue at its next step instead of being cut off by the 
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,23 @@ from rq.worker import WorkerStatus
 from config import ConfigError, configure_logging, load_settings
 from jobs import shutdown
 from jobs.context import resilient_redis
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def main_thread_signals() -> Iterator[None]:
+    """Start threads inside this block so that SIGTERM and SIGINT always reach the main thread.
+
+    The kernel may deliver a process signal to any thread that does not block it; if a helper
+    thread takes it, the main thread stays blocked in Redis (BLMOVE waits for minutes) and the
+    worker does not stop. Threads inherit the signal mask of the thread that starts them.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class PipelineWorker(SimpleWorker):
@@ -66,13 +85,19 @@ class PipelineWorker(SimpleWorker):
                     self.maintain_heartbeats(job, execution)
 
         thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
-        thread.start()
+        with main_thread_signals():
+            thread.start()
         try:
             self.perform_job(job, queue, execution)
         finally:
             done.set()
             thread.join()
         self.set_state(WorkerStatus.IDLE)
+
+    def subscribe(self) -> None:
+        """RQ's command channel, listened to by a thread that must not take the stop signals."""
+        with main_thread_signals():
+            super().subscribe()
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """On SIGTERM, hand the running request back at once instead of finishing it here.

@@ -65,7 +65,8 @@ def describe(image: Image.Image) -> str:
         name = nearest_colour(tuple(palette[index * 3 : index * 3 + 3]))  # type: ignore[arg-type]
         if name not in names:
             names.append(name)
-    colours = names[0] if len(names) == 1 else ", ".join(names[:2]) + (f" and {names[2]}" if len(names) > 2 else "")
+    names = names[:3]
+    colours = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
     return f"a {light} {shape} image ({width}x{height}) in {colours}, with a slow cinematic zoom"
 
 

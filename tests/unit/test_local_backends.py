@@ -80,9 +80,6 @@ def test_describe_names_at_most_three_colours() -> None:
     assert " in red, blue and yellow, with" in describe(image)
 
 
-@pytest.mark.xfail(
-    reason="describe() joins exactly two colours with a comma ('in green, yellow'), not 'and'", strict=True
-)
 def test_describe_joins_two_colours_with_and() -> None:
     """Two colours read 'in green and yellow'."""
     image = solid((400, 200), (50, 160, 70))
@@ -120,13 +117,9 @@ def test_title_from_prompt(prompt: str, title: str) -> None:
     assert title_from_prompt(prompt) == title
 
 
-@pytest.mark.xfail(
-    reason="title_from_prompt splits words on [A-Za-z]+, so non-ASCII letters are dropped: 'Caf in z rich'",
-    strict=True,
-)
 def test_title_from_prompt_keeps_accented_letters() -> None:
-    """Letters outside ASCII stay part of their words."""
-    assert title_from_prompt("a café in Zürich, trending on artstation") == "Café in zürich"
+    """Letters outside ASCII stay part of their words (CLIP prompts name places and artists)."""
+    assert title_from_prompt("a café in Zürich, trending on artstation") == "Café in zürich trending"
 
 
 # -- render(): a real MP4 -----------------------------------------------------------------------
@@ -364,6 +357,24 @@ def test_open_image_decodes_common_formats_to_rgb(fmt: str) -> None:
 
 # -- settings of backends -----------------------------------------------------------------------------
 
+PUBLIC = {"PUBLIC_BASE_URL": "https://i2v.example.com"}
+
+
+@pytest.mark.parametrize("video", ["local", "replicate"])
+def test_videos_served_by_the_service_need_public_base_url_in_production(video: str) -> None:
+    """Local and Replicate videos are served from here, so production needs PUBLIC_BASE_URL; Pika does not."""
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        settings_from({"VIDEO_BACKEND": video, "ALLOW_LOCAL_BACKENDS": "1"})
+    assert settings_from({"VIDEO_BACKEND": "pika"}).public_base_url == ""
+
+
+def test_development_defaults_public_base_url_to_this_machine() -> None:
+    """In development PUBLIC_BASE_URL defaults to 127.0.0.1 on PORT; a given value wins."""
+    dev = {"I2V_ENV": "development", "VIDEO_BACKEND": "local"}
+    assert settings_from(dev).public_base_url == "http://127.0.0.1:8000"
+    assert settings_from({**dev, "PORT": "5123"}).public_base_url == "http://127.0.0.1:5123"
+    assert settings_from({**dev, **PUBLIC}).public_base_url == "https://i2v.example.com"
+
 
 @pytest.mark.parametrize(
     ("env", "named"),
@@ -377,7 +388,7 @@ def test_open_image_decodes_common_formats_to_rgb(fmt: str) -> None:
 def test_local_backends_in_production_need_allow_local_backends(env: dict[str, str], named: list[str]) -> None:
     """Production refuses local backends; the error names the backend variables and ALLOW_LOCAL_BACKENDS."""
     with pytest.raises(ConfigError) as error:
-        settings_from(env)
+        settings_from({**PUBLIC, **env})
     for name in [*named, "ALLOW_LOCAL_BACKENDS"]:
         assert name in str(error.value)
 
@@ -387,7 +398,7 @@ def test_local_backends_in_production_need_allow_local_backends(env: dict[str, s
 )
 def test_local_backends_are_allowed_explicitly_or_in_development(extra: dict[str, str]) -> None:
     """ALLOW_LOCAL_BACKENDS=1 or development mode allow them."""
-    settings = settings_from({"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "local", **extra})
+    settings = settings_from({**PUBLIC, "CAPTION_BACKEND": "local", "VIDEO_BACKEND": "local", **extra})
     assert (settings.caption_backend, settings.video_backend) == ("local", "local")
 
 
@@ -451,6 +462,7 @@ TOKENS = {"REPLICATE_API_TOKEN": "r8_x", "PIKAPI_BEARER_TOKEN": "pk_x", "GAME_AP
 )
 def test_a_worker_needs_exactly_the_tokens_of_its_backends(env: dict[str, str], needed: list[str]) -> None:
     """Missing tokens are those of the configured backends (and GAME's in production), and only those."""
+    env = {**PUBLIC, **env}
     assert settings_from(env).missing_worker_tokens() == needed
     assert settings_from({**env, **TOKENS}).missing_worker_tokens() == []
     for name in needed:
