@@ -115,18 +115,24 @@ def development_defaults(env: dict[str, str]) -> list[str]:
         env["VIDEO_BACKEND"] = next((name for name, var in tokens if env.get(var)), "local")
     if not env.get("CALLBACK_API_URL") and not env.get("GAME_API_KEY"):
         env["CALLBACK_API_URL"] = f"{base}/dev/callbacks/{{request_id}}"
-    if not env.get("I2V_API_KEYS"):
-        env.setdefault("I2V_AUTH_DISABLED", "1")
-    env.setdefault("PUBLIC_BASE_URL", base)
+    # Empty values count as unset here: an empty line in .env must not switch these off.
+    if not env.get("I2V_API_KEYS") and not env.get("I2V_AUTH_DISABLED"):
+        env["I2V_AUTH_DISABLED"] = "1"
+    if not env.get("PUBLIC_BASE_URL"):
+        env["PUBLIC_BASE_URL"] = base
     # The sample image and local files are served from this machine.
-    env.setdefault("IMAGE_HOST_ALLOWLIST", f"{env['HOST']},localhost")
-    auth = "off (set I2V_API_KEYS to require keys)" if env.get("I2V_AUTH_DISABLED") == "1" else "API keys required"
+    if not env.get("IMAGE_HOST_ALLOWLIST"):
+        env["IMAGE_HOST_ALLOWLIST"] = f"{env['HOST']},localhost"
+    keys_on = env.get("I2V_AUTH_DISABLED") != "1"
+    auth = "API keys required" if keys_on else "off (set I2V_API_KEYS to require keys)"
+    key_header = "-H 'Authorization: Bearer <your key>' " if keys_on else ""
+    callbacks = env.get("CALLBACK_API_URL") or "GAME's default callback URL"
     return [
         f"development mode: caption={env['CAPTION_BACKEND']} video={env['VIDEO_BACKEND']}, authentication {auth}",
-        f"callbacks go to {env['CALLBACK_API_URL']} (see them at {base}/dev/callbacks)",
-        f"try: curl -X POST {base}/api/v1/i2v -H 'x-request-id: demo-1' -H 'Content-Type: application/json' "
-        f"""-d '{{"image_id": "{base}/dev/sample.png"}}'""",
-        f"then: curl {base}/api/v1/i2v/demo-1   (status, and the video URL when it is done)",
+        f"callbacks go to {callbacks} (the built-in receiver lists what it got at {base}/dev/callbacks)",
+        f"try: curl -X POST {base}/api/v1/i2v {key_header}-H 'x-request-id: demo-1' "
+        f"""-H 'Content-Type: application/json' -d '{{"image_id": "{base}/dev/sample.png"}}'""",
+        f"then: curl {key_header}{base}/api/v1/i2v/demo-1   (status, and the video URL when it is done)",
     ]
 
 

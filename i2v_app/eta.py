@@ -23,6 +23,11 @@ def caption_seconds(settings: Settings) -> float:
     return 1.0 if settings.caption_backend == "local" else TYPICAL_CAPTION_SECONDS
 
 
+def first_poll_after(settings: Settings) -> float:
+    """When the configured video backend first looks at a submission (as the pipeline does)."""
+    return {"pika": settings.initial_wait_time, "replicate": settings.poll_interval}.get(settings.video_backend, 0.0)
+
+
 def typical_run(settings: Settings) -> float:
     """Seconds one request usually holds a worker with the configured backends."""
     if settings.video_backend == "local":
@@ -54,7 +59,7 @@ def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tu
         wait = (ahead // max(workers, 1)) * typical_run(settings)
         return math.ceil(wait + typical_run(settings)), math.ceil(wait + latest_run(settings))
     if record.submitted_at:
-        first_poll = record.submitted_at + settings.initial_wait_time
+        first_poll = record.submitted_at + first_poll_after(settings)
         expected = max(first_poll - now, 0.0) + settings.poll_interval
         latest = record.submitted_at + settings.generation_deadline - now
     else:

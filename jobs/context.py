@@ -100,7 +100,10 @@ def build_context(settings: Settings) -> Context:
         captioner=captioner,
         video=video,
         game=GameClient(settings),
-        slots=PikaSlots(redis, settings.pika_max_concurrency, lease=settings.job_timeout),
+        # The cap is Pika's: other backends are not held back by it.
+        slots=PikaSlots(
+            redis, settings.pika_max_concurrency if settings.video_backend == "pika" else 0, lease=settings.job_timeout
+        ),
         media=media,
     )
 

@@ -219,6 +219,9 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
                 job_id = ctx.video.submit(record.image_url, prompt, media_name(record.owner, record.request_id))
             except TransientError as exc:
                 provider_error(ctx, record, ctx.video.name, exc)
+                if exc.kind == "connection" and exc.sent:
+                    # Sent, and the answer lost: it may have been accepted. Never pay twice.
+                    raise GenerationUnknown(f"{ctx.video.name} submission sent but unanswered") from exc
                 ctx.store.update(record.key, submit_inflight=False)
                 delay = backoff_delay(ctx, attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
@@ -366,7 +369,7 @@ def check_cancel(ctx: Context, record: Record) -> None:
 
 
 def sleep(ctx: Context, record: Record, seconds: float) -> None:
-    """``time.sleep`` in short slices, so that a cancel is noticed within a second."""
+    """``time.sleep`` in slices of ``SLEEP_SLICE``, so that a cancel or a shutdown is noticed within seconds."""
     until = time.monotonic() + max(0.0, seconds)
     while (remaining := until - time.monotonic()) > 0:
         time.sleep(min(SLEEP_SLICE, remaining))
