@@ -1,0 +1,134 @@
+"""``python -m bench``: run the benchmarks and write the results as markdown.
+
+    python -m bench                   # everything; writes bench/RESULTS.md
+    python -m bench --quick           # a smoke run of everything in about a minute
+    python -m bench --only lag        # one part (ingest, lag or capacity)
+
+A full run of everything writes ``bench/RESULTS.md``; ``--quick`` and ``--only`` write under
+``bench/out/`` unless ``--out`` says otherwise, so they never overwrite the full results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench import common
+from bench.common import Section, table, verdict
+
+PARTS = ("ingest", "lag", "capacity")
+
+
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_part(name: str, quick: bool) -> Section:
+    """Run one part; a part that breaks is reported as such instead of stopping the others."""
+    started = time.monotonic()
+    print(f"bench: {name} ...", flush=True)
+    try:
+        if name == "ingest":
+            from bench import ingest
+
+            section = ingest.run(quick)
+        elif name == "lag":
+            from bench import lag
+
+            section = lag.run(quick)
+        else:
+            from bench import capacity
+
+            section = capacity.run(quick)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        detail = traceback.format_exc()
+        print(detail, file=sys.stderr, flush=True)
+        section = Section(
+            name,
+            f"This part could not be completed: `{type(exc).__name__}: {exc}`. Logs are under `bench/out/{name}/`.",
+            [(f"{name}: part completed", "yes", "no", False)],
+        )
+    finally:
+        common.stop_everything()
+    section.data["seconds"] = time.monotonic() - started
+    print(f"bench: {name} done in {section.data['seconds']:.0f} s", flush=True)
+    return section
+
+
+def render(sections: list[Section], machine: dict[str, str], quick: bool, parts: list[str], seconds: float) -> str:
+    """RESULTS.md."""
+    targets = [t for s in sections for t in s.targets]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    mode = "quick smoke run (short rounds, few requests: not the reference numbers)" if quick else "full run"
+    lines = [
+        "# i2v benchmark results",
+        "",
+        f"Written by `make bench` (`python -m bench{' --quick' if quick else ''}"
+        f"{' --only ' + parts[0] if len(parts) == 1 else ''}`) on {stamp}: {mode}, "
+        f"{seconds / 60:.1f} minutes. Parts: {', '.join(parts)}. These are measurements on one machine, "
+        "not tests; each target below says whether it was met and, if not, by how much it was missed.",
+        "",
+        "## Machine",
+        "",
+        table(["", ""], [[k, v] for k, v in machine.items()]),
+        "",
+        "The machine is shared: other work running at the same time shows up as noise. The ingest table "
+        "reports the CPU that other processes used during each round.",
+        "",
+        "## Targets",
+        "",
+        table(["target", "wanted", "measured", "verdict"], [[t, w, m, verdict(ok)] for t, w, m, ok in targets]),
+        "",
+    ]
+    for section in sections:
+        lines += [f"## {section.title}", "", section.markdown.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the parts, write the results."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=PARTS, help="run one part only")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--out", type=Path, help="where to write the markdown results")
+    args = parser.parse_args(argv)
+    parts = [args.only] if args.only else list(PARTS)
+    if args.out is None:
+        full = not args.quick and not args.only
+        suffix = ("-quick" if args.quick else "") + (f"-{args.only}" if args.only else "")
+        args.out = common.BENCH_DIR / "RESULTS.md" if full else common.OUT_DIR / f"RESULTS{suffix}.md"
+    signal.signal(signal.SIGTERM, _interrupted)
+    common.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    machine = common.machine_info()
+    sections: list[Section] = []
+    try:
+        for part in parts:
+            sections.append(run_part(part, args.quick))
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
+    finally:
+        common.stop_everything()
+    text = render(sections, machine, args.quick, parts, time.monotonic() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    raw = {s.title: s.data for s in sections}
+    (common.OUT_DIR / f"{args.out.stem}.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(f"bench: wrote {args.out.relative_to(common.ROOT) if args.out.is_relative_to(common.ROOT) else args.out}")
+    for target, wanted, measured, ok in (t for s in sections for t in s.targets):
+        print(f"  {verdict(ok).strip('*'):4}  {target}: {measured} (wanted {wanted})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
