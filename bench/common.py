@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import requests
 from redis import Redis
 
-from launch import free_port, read_procfile, spawn, start_redis
+from launch import descendants, free_port, read_procfile, spawn, start_redis
 
 T = TypeVar("T")
 
@@ -70,28 +70,6 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
 
 
 # -- /proc -----------------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from launch import read_procfile, spawn
+from launch import descendants, read_procfile, spawn
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,27 +99,6 @@ class ServiceProcess:
         self.signal(signal.SIGKILL)
         if self.proc:
             self.proc.wait(timeout=5)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of a process (children first), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:
