@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -422,11 +422,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             load_dotenv(find_dotenv(usecwd=True), override=False)
         env = os.environ
     return settings_from(env)
-
-
-def settings_field_names() -> list[str]:
-    """The attribute names of :class:`Settings` (used by tests that compare docs and code)."""
-    return [f.name for f in fields(Settings)]
 
 
 class JsonLogFormatter(logging.Formatter):

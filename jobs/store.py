@@ -33,7 +33,6 @@ KEY_PREFIX = "i2v:req:"
 #: Records whose request or callback is not settled yet (sorted by creation): what the janitor checks.
 ACTIVE_KEY = "i2v:active"
 TERMINAL = frozenset({"completed", "failed", "canceled"})
-STAGES = ("captioning", "submitting", "waiting", "polling", "delivering")
 
 # Start delivery over after a callback ran out of retries: forget the attempts and their claims.
 _RESET_CALLBACK = """
@@ -219,7 +218,7 @@ def decode_field(name: str, text: str) -> Any:
 
 
 def enqueue_pipeline(queue: Queue, record: Record, job_timeout: int, pipeline: Pipeline) -> Job:
-    """Enqueue the pipeline job of a record inside ``pipeline`` (a transaction in progress)."""
+    """Add the pipeline job of a record to ``pipeline``: RQ's own writes, sent by the caller."""
     return queue.enqueue_call(
         PIPELINE_JOB,
         args=(record.key,),
