@@ -18,10 +18,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from dotenv import find_dotenv, load_dotenv
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent
 
 
@@ -54,6 +57,25 @@ def descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+def poll_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.1,
+    error: type[Exception] = TimeoutError,
+) -> T:
+    """Call ``predicate`` until it returns something truthy and return that; ``error`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import requests
 from redis import Redis
 
-from launch import descendants, free_port, read_procfile, spawn, start_redis
+from launch import descendants, free_port, poll_until, read_procfile, spawn, start_redis
 
 T = TypeVar("T")
 
@@ -59,14 +59,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; BenchError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout, what, interval=interval, error=BenchError)
 
 
 # -- /proc -----------------------------------------------------------------------------------------

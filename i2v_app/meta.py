@@ -22,6 +22,8 @@ ENDPOINTS = [
     {"method": "POST", "path": "/api/v1/i2v/{request_id}/callback", "description": "Send a failed callback again"},
     {"method": "GET", "path": "/healthz", "description": "Liveness of the web process"},
     {"method": "GET", "path": "/readyz", "description": "Readiness: Redis, workers, queue depth"},
+    {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
+    {"method": "GET", "path": "/media/{name}.mp4", "description": "Videos the service made or keeps"},
     {"method": "GET", "path": "/openapi.json", "description": "OpenAPI specification"},
     {"method": "GET", "path": "/docs", "description": "Swagger UI"},
     {"method": "GET", "path": "/redoc", "description": "ReDoc"},

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from launch import descendants, read_procfile, spawn
+from launch import descendants, poll_until, read_procfile, spawn
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,14 +39,7 @@ FAST_TIMINGS = {
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout, what or str(predicate), interval=interval, error=AssertionError)
 
 
 class ServiceProcess:

@@ -130,7 +130,11 @@ def test_index_lists_endpoints(client) -> None:
     assert body["version"]
     assert body["description"]
     paths = {e["path"] for e in body["endpoints"]}
-    assert {"/api/v1/i2v", "/openapi.json", "/docs", "/redoc", "/healthz"} <= paths
+    assert {"/api/v1/i2v", "/openapi.json", "/docs", "/redoc", "/healthz", "/readyz", "/metrics"} <= paths
+    # The list cannot drift from the routes: every plain GET it names is served.
+    for endpoint in body["endpoints"]:
+        if endpoint["method"] == "GET" and "{" not in endpoint["path"]:
+            assert client.get(endpoint["path"]).status_code != 404, endpoint
 
 
 def test_healthz(client) -> None:
