@@ -106,7 +106,7 @@ class Settings:
 
     # Recovery: how often the janitor looks, and how old a record must be before it does.
     janitor_interval: float = 15.0
-    worker_heartbeat_interval: int = 10
+    worker_heartbeat_interval: int = 30
     janitor_grace: float = 30.0
 
     # Who may call, and how much.

@@ -15,8 +15,11 @@ else:
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads let one worker overlap Redis round trips; requests never wait on providers.
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# One request at a time per process (gunicorn's sync worker) unless GUNICORN_THREADS says otherwise:
+# a request never waits on a provider, only on one Redis round trip, so threads win little, and a
+# kept-alive connection stays with the busy process that accepted it, which lengthens the tail
+# (bench/RESULTS.md measures both). Put a buffering proxy (Heroku's router, nginx) in front.
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # Under Heroku's 30 s router timeout: a worker silent for longer is restarted by gunicorn.
 timeout = 25
 graceful_timeout = 20
@@ -28,10 +31,3 @@ control_socket_disable = True
 accesslog = "-"
 access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-
-
-def child_exit(server, worker) -> None:
-    """Let a dead worker's live gauges go (its counters stay counted)."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)

@@ -3,8 +3,9 @@
     python -m bench                   # everything; writes bench/RESULTS.md
     python -m bench --quick           # a smoke run of everything in about a minute
     python -m bench --only lag        # one part (ingest, lag or capacity)
+    python -m bench --only capacity --workers 100   # capacity at chosen pool sizes
 
-A full run of everything writes ``bench/RESULTS.md``; ``--quick`` and ``--only`` write under
+A full run of everything writes ``bench/RESULTS.md``; ``--quick``, ``--only`` and ``--workers`` write under
 ``bench/out/`` unless ``--out`` says otherwise, so they never overwrite the full results.
 """
 
@@ -30,7 +31,7 @@ def _interrupted(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_part(name: str, quick: bool) -> Section:
+def run_part(name: str, quick: bool, workers: tuple[int, ...] | None = None) -> Section:
     """Run one part; a part that breaks is reported as such instead of stopping the others."""
     started = time.monotonic()
     print(f"bench: {name} ...", flush=True)
@@ -46,7 +47,7 @@ def run_part(name: str, quick: bool) -> Section:
         else:
             from bench import capacity
 
-            section = capacity.run(quick)
+            section = capacity.run(quick, workers)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -100,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=PARTS, help="run one part only")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     parser.add_argument("--out", type=Path, help="where to write the markdown results")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="capacity steps, e.g. 100 or 100,250 (default 100,250,500; a quick run 20)",
+    )
     args = parser.parse_args(argv)
     parts = [args.only] if args.only else list(PARTS)
     if args.out is None:
-        full = not args.quick and not args.only
+        full = not args.quick and not args.only and not args.workers
         suffix = ("-quick" if args.quick else "") + (f"-{args.only}" if args.only else "")
         args.out = common.BENCH_DIR / "RESULTS.md" if full else common.OUT_DIR / f"RESULTS{suffix}.md"
     signal.signal(signal.SIGTERM, _interrupted)
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     try:
         for part in parts:
-            sections.append(run_part(part, args.quick))
+            sections.append(run_part(part, args.quick, args.workers))
     except KeyboardInterrupt:
         print("bench: interrupted; stopping everything it started", file=sys.stderr)
         return 130

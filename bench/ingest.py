@@ -2,9 +2,10 @@
 
 Both apps run under the Procfile's ``web`` command (the bare one with ``wsgi:app`` swapped for
 ``bench.bare_app:app``) with the same environment for gunicorn: WEB_CONCURRENCY=4 and the default
-threads. wrk runs on 127.0.0.1, alternating bare and service rounds; the private Redis is flushed
-before every round. After each service round the bench checks that every 202 left a record and a
-real RQ job in the queue, and reads Redis's per-command statistics for the round.
+worker (sync). wrk runs on 127.0.0.1, alternating bare and service rounds; the private Redis is
+flushed before every round. After each service round the bench checks that every 202 left a record
+and a real RQ job in the queue, and reads Redis's per-command statistics for the round. One more
+round of each app with GUNICORN_THREADS=4 shows what threaded workers would change.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from bench.common import BenchError, Section, Service, table
 CONNECTIONS = 32
 WRK_THREADS = 2
 WEB_CONCURRENCY = "4"
-GUNICORN_THREADS = "4"
+#: The comparison round: threaded gunicorn workers instead of gunicorn.conf.py's default (sync).
+THREADED = "4"
 TARGET_RATIO = 0.60
 TARGET_P99_MS = 25.0
 LUA = common.BENCH_DIR / "submit.lua"
@@ -178,7 +180,7 @@ def run(quick: bool) -> Section:
     if "wsgi:app" not in web_command:
         raise BenchError(f"the Procfile's web command does not serve wsgi:app: {web_command}")
     bare_command = web_command.replace("wsgi:app", "bench.bare_app:app")
-    gunicorn_env = {"HOST": "127.0.0.1", "WEB_CONCURRENCY": WEB_CONCURRENCY, "GUNICORN_THREADS": GUNICORN_THREADS}
+    gunicorn_env = {"HOST": "127.0.0.1", "WEB_CONCURRENCY": WEB_CONCURRENCY}
     service_port, bare_port = common.new_port(), common.new_port()
     service_env = common.base_env(
         **gunicorn_env,
@@ -189,35 +191,49 @@ def run(quick: bool) -> Section:
         MAX_QUEUED="100000000",
     )
     bare_env = common.base_env(**gunicorn_env, PORT=str(bare_port), PROMETHEUS_MULTIPROC_DIR=str(out / "metrics-bare"))
-    try:
-        service = start_web("web-service", service_env, out, web_command, service_port, api_key)
-        bare = start_web("web-bare", bare_env, out, bare_command, bare_port, api_key)
-        targets = {
-            "bare": (bare, common.local_url(bare_port) + SUBMIT_PATH),
-            "service": (service, common.local_url(service_port) + SUBMIT_PATH),
+    commands = {"service": web_command, "bare": bare_command}
+    envs = {"service": service_env, "bare": bare_env}
+    urls = {"service": common.local_url(service_port) + SUBMIT_PATH, "bare": common.local_url(bare_port) + SUBMIT_PATH}
+
+    def start_both(extra: dict[str, str]) -> dict[str, Service]:
+        procs = {
+            kind: start_web(
+                f"web-{kind}", {**envs[kind], **extra}, out, commands[kind], int(envs[kind]["PORT"]), api_key
+            )
+            for kind in ("service", "bare")
         }
-        for kind, (proc, url) in targets.items():  # warm both up (imports, connections), not counted
-            run_wrk(url, warmup, f"warm-{kind}", api_key, proc.pids(), redis.pid)
+        for kind, proc in procs.items():  # warm both up (imports, connections), not counted
+            run_wrk(urls[kind], warmup, f"warm-{kind}", api_key, proc.pids(), redis.pid)
+        return procs
+
+    def one_round(kind: str, proc: Service, run_id: str) -> dict[str, Any]:
+        redis.client.flushall()
+        redis.client.config_resetstat()
+        if not proc.alive():
+            raise BenchError(f"{proc.name} died:\n{proc.tail()}")
+        return run_wrk(urls[kind], seconds, run_id, api_key, proc.pids(), redis.pid)
+
+    try:
+        procs = start_both({})
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "service": []}
         checks: list[dict[str, Any]] = []
         stats: list[dict[str, Any]] = []
         for n in range(rounds):
             order = ("bare", "service") if n % 2 == 0 else ("service", "bare")
             for kind in order:
-                redis.client.flushall()
-                redis.client.config_resetstat()
-                proc, url = targets[kind]
-                if not proc.alive():
-                    raise BenchError(f"{proc.name} died:\n{proc.tail()}")
-                result = run_wrk(url, seconds, f"r{n}-{kind}", api_key, proc.pids(), redis.pid)
+                result = one_round(kind, procs[kind], f"r{n}-{kind}")
                 result["round"] = n + 1
                 results[kind].append(result)
-                if kind == "service":
-                    checks.append(verify_round(redis.client, result["codes"].get(202, 0)))
+                if kind == "service":  # the command counts first: the verification runs commands of its own
                     stats.append({"requests": result["requests"], "commands": command_stats(redis.client)})
+                    checks.append(verify_round(redis.client, result["codes"].get(202, 0)))
+        for proc in procs.values():
+            proc.stop(timeout=10)
+        procs = start_both({"GUNICORN_THREADS": THREADED})
+        threaded = {kind: one_round(kind, procs[kind], f"threads-{kind}") for kind in ("bare", "service")}
+        for proc in procs.values():
+            proc.stop(timeout=10)
         queue_at_end = checks[-1]["queued_jobs"] if checks else 0
-        service.stop(timeout=10)
-        bare.stop(timeout=10)
         redis.client.flushall()
         profile = profile_in_process({**service_env, "BENCH_API_KEY": api_key}, 200 if quick else 3000, out)
     finally:
@@ -226,7 +242,7 @@ def run(quick: bool) -> Section:
                 proc.stop(timeout=10)
                 common._STARTED.remove(proc)
         redis.stop()
-    return report(results, checks, stats, queue_at_end, rounds, seconds, profile)
+    return report(results, checks, stats, queue_at_end, rounds, seconds, profile, threaded)
 
 
 def _ms(us: float) -> str:
@@ -241,6 +257,7 @@ def report(
     rounds: int,
     seconds: float,
     profile: dict[str, Any] | None,
+    threaded: dict[str, dict[str, Any]],
 ) -> Section:
     """Markdown and verdicts of the ingest part."""
     bare_rps = statistics.mean(r["rps"] for r in results["bare"])
@@ -281,10 +298,10 @@ def report(
         "the idempotency check, the record and a real RQ job in one transaction, and the ETA in the reply. "
         "The baseline is `bench/bare_app.py` (one POST route returning a small JSON 202). Both are served by "
         "the Procfile's `web` command (`wsgi:app` swapped for `bench.bare_app:app` for the baseline) with the "
-        f"same environment: WEB_CONCURRENCY={WEB_CONCURRENCY}, GUNICORN_THREADS={GUNICORN_THREADS}, "
-        "gunicorn.conf.py unchanged (access log on). Redis is a private redis-server started as `make run` "
-        "starts it (AOF on), flushed before each round; RATE_LIMIT unset, MAX_QUEUED=100000000, no worker "
-        "running (the queue only grows).",
+        f"same environment: WEB_CONCURRENCY={WEB_CONCURRENCY} and gunicorn.conf.py unchanged (its default "
+        "worker: sync, one request at a time per process; access log on). Redis is a private redis-server "
+        "started as `make run` starts it (AOF on), flushed before each round; RATE_LIMIT unset, "
+        "MAX_QUEUED=100000000, no worker running (the queue only grows).",
         "",
         table(
             [
@@ -334,7 +351,7 @@ def report(
             ],
         ),
     ]
-    lines += ["", *gap_analysis(results, ratio, p99)]
+    lines += ["", *gap_analysis(results, ratio, p99), "", *threaded_markdown(results, threaded, seconds)]
     if stats:
         last = stats[-1]
         n_req = max(last["requests"], 1)
@@ -369,6 +386,7 @@ def report(
         "rounds": results,
         "checks": checks,
         "profile": profile,
+        "threaded": threaded,
     }
     return section
 
@@ -411,17 +429,44 @@ def gap_analysis(results: dict[str, list[dict[str, Any]]], ratio: float, p99: fl
         f"*p99:* with 32 connections always busy, Little's law puts the mean latency at 32 / throughput: "
         f"{32 / service_rps * 1000:.1f} ms for the service and {32 / bare_rps * 1000:.1f} ms for the bare "
         f"endpoint. A p99 of {TARGET_P99_MS:g} ms needs a mean well under that, so more than "
-        f"{32 / (TARGET_P99_MS / 1000):.0f} req/s even with no variance at all. The bare endpoint's own p99 "
-        f"here is {bare_p99:.1f} ms: gunicorn runs 4 workers x 4 threads for 32 connections, and a "
-        "kept-alive connection stays with the worker that accepted it, so some workers can queue more than others.",
+        f"{32 / (TARGET_P99_MS / 1000):.0f} req/s even with no variance at all; the service's spread is "
+        f"small because sync workers take each new connection from one shared accept queue (its p99 here: "
+        f"{p99:.1f} ms; the bare endpoint's: {bare_p99:.1f} ms).",
     ]
-    if p99 > TARGET_P99_MS and bare_p99 > TARGET_P99_MS:
-        lines[-1] += (
-            " With these settings the p99 target is out of reach for any app on this machine, the bare one "
-            "included; only a cheaper request (more throughput) or fewer connections per core would bring it "
-            "within reach."
-        )
     return lines
+
+
+def threaded_markdown(
+    results: dict[str, list[dict[str, Any]]], threaded: dict[str, dict[str, Any]], seconds: float
+) -> list[str]:
+    """The comparison round with threaded gunicorn workers."""
+    rows = []
+    for kind in ("bare", "service"):
+        sync_rps = statistics.mean(r["rps"] for r in results[kind])
+        sync_p99 = max(r["latency_us"]["p99"] for r in results[kind]) / 1000
+        t = threaded[kind]
+        rows.append(
+            [
+                kind,
+                f"{sync_rps:.0f}",
+                _ms(sync_p99 * 1000),
+                f"{t['rps']:.0f}",
+                _ms(t["latency_us"]["p99"]),
+                t["non_2xx"],
+            ]
+        )
+    ratio = threaded["service"]["rps"] / threaded["bare"]["rps"]
+    return [
+        f"**Threaded workers instead** (one round of {seconds:g} s per app, GUNICORN_THREADS={THREADED}, everything "
+        "else the same). With threads, wrk's kept-alive connections stay with the process that accepted "
+        "them, so a busy process keeps its queue while another idles; that is why gunicorn.conf.py defaults "
+        f"to sync workers. Service/bare with threads: {ratio:.2f}.",
+        "",
+        table(
+            ["app", "sync req/s", "sync p99 ms (worst round)", "threaded req/s", "threaded p99 ms", "threaded non-2xx"],
+            rows,
+        ),
+    ]
 
 
 def profile_markdown(profile: dict[str, Any]) -> list[str]:

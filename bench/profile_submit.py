@@ -24,11 +24,12 @@ STEPS = (
     ("whole request (Flask.wsgi_app)", "flask/app.py", "wsgi_app"),
     ("authentication (auth.authenticate)", "i2v_app/auth.py", "authenticate"),
     ("edge limits (limits.check_limits)", "i2v_app/limits.py", "check_limits"),
-    ("metrics hooks (before + after + teardown)", "i2v_app/metrics.py", ("start_timer", "count", "stop_timer")),
-    ("argument parsing and validation (webargs)", "webargs/core.py", "parse"),
+    ("metrics hooks (before + after)", "i2v_app/metrics.py", ("start_timer", "count")),
+    ("reading and validating the submission (intake.read_submission)", "i2v_app/intake.py", "read_submission"),
     ("view: Submissions.post", "i2v_app/api.py", "post"),
-    ("record + RQ job in one transaction (lifecycle.submit)", "i2v_app/lifecycle.py", "submit"),
-    ("of which building the RQ job (Queue.enqueue_call)", "rq/queue.py", "enqueue_call"),
+    ("record + RQ job in one round trip (lifecycle.submit)", "i2v_app/lifecycle.py", "submit"),
+    ("of which making the RQ job (store.pipeline_job)", "jobs/store.py", "pipeline_job"),
+    ("of which the round trip (RequestStore._run_create)", "jobs/store.py", "_run_create"),
     ("ETA for the reply (eta.estimate)", "i2v_app/eta.py", "estimate"),
 )
 

@@ -6,10 +6,9 @@ import contextlib
 
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from i2v_app import services
-from jobs.store import Created, NotAdmitted, Record, enqueue_delivery, enqueue_pipeline, job_id_for
+from jobs.store import Created, NotAdmitted, Record, enqueue_delivery, job_id_for, pipeline_job
 
 
 class Conflict(Exception):
@@ -31,14 +30,9 @@ def submit(record: Record) -> Created:
     """
     settings, queue = services.settings(), services.queue()
     record.provider = settings.video_backend
+    job = pipeline_job(queue, record, settings.job_timeout)
     try:
-        return services.store().create(
-            record,
-            lambda pipe: enqueue_pipeline(queue, record, settings.job_timeout, pipe),
-            queue_key=queue.key,
-            workers_key=WORKERS_BY_QUEUE_KEY % queue.name,
-            max_queued=settings.max_queued,
-        )
+        return services.store().create(record, job, queue=queue, max_queued=settings.max_queued)
     except NotAdmitted:
         raise Backlogged(f"{settings.max_queued} requests are already waiting; try again later") from None
 

@@ -19,7 +19,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -34,7 +33,6 @@ from jobs import metrics as tally
 
 HTTP_REQUESTS = Counter("i2v_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("i2v_http_request_duration_seconds", "Time to answer an HTTP request", ["route"])
-HTTP_IN_PROGRESS = Gauge("i2v_http_requests_in_progress", "HTTP requests being answered", multiprocess_mode="livesum")
 
 _FIELD = re.compile(r"^(?P<name>[a-z0-9_]+)\|(?P<labels>.*)$")
 _HELP = {
@@ -97,7 +95,7 @@ def scrape() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
-        for collector in (HTTP_REQUESTS, HTTP_LATENCY, HTTP_IN_PROGRESS):
+        for collector in (HTTP_REQUESTS, HTTP_LATENCY):
             registry.register(collector)
     registry.register(PipelineCollector())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
@@ -110,7 +108,6 @@ def install(app: Flask) -> None:
     @app.before_request
     def start_timer() -> None:
         g.metrics_started = time.perf_counter()
-        HTTP_IN_PROGRESS.inc()
 
     @app.after_request
     def count(response: Response) -> Response:
@@ -118,8 +115,3 @@ def install(app: Flask) -> None:
         HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         HTTP_LATENCY.labels(route).observe(time.perf_counter() - g.get("metrics_started", time.perf_counter()))
         return response
-
-    @app.teardown_request
-    def stop_timer(_exc: BaseException | None) -> None:
-        if g.pop("metrics_started", None) is not None:
-            HTTP_IN_PROGRESS.dec()

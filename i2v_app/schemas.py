@@ -17,10 +17,11 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:~]{1,128}")
 
 def unescape_url(value: str) -> str:
     """Undo the HTML escaping some callers apply to URLs (``https:&#x2F;&#x2F;...``)."""
-    value = html.unescape(value)
-    # The original service also replaced these after unescaping; kept for callers that double-escape.
-    for escaped, plain in (("&#x2F;", "/"), ("&#x3D;", "="), ("&amp;", "&")):
-        value = value.replace(escaped, plain)
+    if "&" in value:
+        value = html.unescape(value)
+        # The original service also replaced these after unescaping; kept for callers that double-escape.
+        for escaped, plain in (("&#x2F;", "/"), ("&#x3D;", "="), ("&amp;", "&")):
+            value = value.replace(escaped, plain)
     return value.strip()
 
 

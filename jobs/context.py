@@ -40,6 +40,8 @@ class Context:
     game: GameClient
     slots: PikaSlots
     media: MediaStore
+    #: (record key, monotonic time) of this process's last cancel read; it runs one request at a time.
+    last_cancel_check: tuple[str, float] = ("", 0.0)
 
 
 def resilient_redis(url: str) -> Redis:
@@ -59,9 +61,28 @@ def resilient_redis(url: str) -> Redis:
     )
 
 
-def build_context(settings: Settings) -> Context:
-    """Assemble a context from settings: the backends ``CAPTION_BACKEND`` and ``VIDEO_BACKEND`` name."""
-    redis = resilient_redis(settings.redis_url)
+#: A worker's own connection, which the jobs it runs share (see ``share_connection``).
+_worker_redis: Redis | None = None
+
+
+def share_connection(redis: Redis) -> None:
+    """Let the jobs of this process use the worker's connection: one connection pool per process.
+
+    Hundreds of workers each holding a pool of their own for their jobs would cost Redis a few
+    hundred connections more, and hosted Redis plans cap connections.
+    """
+    global _worker_redis
+    _worker_redis = redis
+
+
+def build_context(settings: Settings, redis: Redis | None = None) -> Context:
+    """Assemble a context from settings: the backends ``CAPTION_BACKEND`` and ``VIDEO_BACKEND`` name.
+
+    Args:
+        settings: the configuration.
+        redis: the connection to use; a new resilient one when not given.
+    """
+    redis = redis or resilient_redis(settings.redis_url)
     media = MediaStore(settings, redis)
     images = ImageSource(settings)
     api = ReplicateAPI(settings)
@@ -111,4 +132,4 @@ def build_context(settings: Settings) -> Context:
 @functools.cache
 def get_context() -> Context:
     """The process's context, from the environment (and `.env`)."""
-    return build_context(load_settings())
+    return build_context(load_settings(), _worker_redis)

@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Longest single back-off pause, whatever the attempt count.
 MAX_BACKOFF = 30.0
-#: Longest single sleep between cancel (and shutdown) checks. A cancel needs no haste here (the
-#: record and the FAILED callback are handled at once by the web process; this only frees the
-#: worker), and a SIGTERM hand-back stays well inside Heroku's 30 s; every wake-up of hundreds of
-#: waiting requests costs CPU and Redis.
-SLEEP_SLICE = 10.0
+#: How stale a cancel check may be while a request sleeps: at most this, and at most three polls.
+#: A cancel needs no haste here (the record and the FAILED callback are handled at once by the web
+#: process; this only frees the worker and stops the provider), and every Redis read of hundreds of
+#: waiting requests costs CPU: each wakes a process whose caches have gone cold. A SIGTERM still
+#: wakes a sleeping request at once.
+CANCEL_CHECK_INTERVAL = 30.0
 
 
 def run_request(key: str) -> str:
@@ -278,8 +279,8 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
             with step(ctx, record, "waiting"):
                 sleep(ctx, record, first_poll - time.time())
         with step(ctx, record, "polling"):
+            check_cancel(ctx, record)  # later polls follow a sleep, which checks too
             while True:
-                check_cancel(ctx, record)
                 try:
                     state = ctx.video.poll(job_id, name, record.prompt)
                 except TransientError as exc:
@@ -357,8 +358,11 @@ def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> floa
     return min(MAX_BACKOFF, ctx.settings.retry_base_delay * 2 ** (attempt - 1))
 
 
-def check_cancel(ctx: Context, record: Record) -> None:
+def check_cancel(ctx: Context, record: Record, max_age: float = 0.0) -> None:
     """Stop here if the caller canceled the request, or if the worker is shutting down.
+
+    Args:
+        max_age: skip the Redis read if the request was checked less than this many seconds ago.
 
     Raises:
         RequestCanceled: the caller canceled.
@@ -366,16 +370,22 @@ def check_cancel(ctx: Context, record: Record) -> None:
     """
     if shutdown.REQUESTED.is_set():
         raise WorkerStopping("the worker is stopping; the request goes back to the queue")
+    checked_key, checked_at = ctx.last_cancel_check
+    now = time.monotonic()
+    if max_age and checked_key == record.key and now - checked_at < max_age:
+        return
     if ctx.redis.hget(record.key, "cancel_requested") in (b"1", "1"):
         raise RequestCanceled("canceled by the caller")
+    ctx.last_cancel_check = (record.key, now)
 
 
 def sleep(ctx: Context, record: Record, seconds: float) -> None:
-    """``time.sleep`` in slices of ``SLEEP_SLICE``, checking for a cancel or a shutdown after each."""
+    """Sleep ``seconds``, waking at once on SIGTERM, and see to a cancel (see ``CANCEL_CHECK_INTERVAL``)."""
+    max_age = min(CANCEL_CHECK_INTERVAL, 3 * ctx.settings.poll_interval)
     until = time.monotonic() + max(0.0, seconds)
     while (remaining := until - time.monotonic()) > 0:
-        time.sleep(min(SLEEP_SLICE, remaining))
-        check_cancel(ctx, record)
+        shutdown.REQUESTED.wait(min(max_age, remaining))
+        check_cancel(ctx, record, max_age=max_age)
 
 
 @contextlib.contextmanager

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError, NoScriptError
 from rq import Callback, Queue, Retry
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 #: Jobs are enqueued by dotted name so the web process never imports worker code.
 PIPELINE_JOB = "jobs.pipeline.run_request"
@@ -56,24 +59,23 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# Create a request: record, index entry and RQ job (its writes passed in as commands), or nothing.
-# KEYS: record, active index, RQ queue list, RQ workers-by-queue set
-# ARGV: max queued, record TTL, now, n, <n record field/value parts>, then per command: argc, argv...
+# Create a request: record, index entry and RQ job, or nothing. The job's hash is RQ's own
+# (Job.to_dict); pushing its id on the queue list and naming the queue in rq:queues is what
+# Queue.enqueue_job adds (a test holds the two equal).
+# KEYS: record, active index, RQ queue list, RQ workers-by-queue set, RQ job hash, RQ queues set
+# ARGV: max queued, record TTL, now, job id, n, <n record field/value parts>, <job field/value parts>
 _CREATE = """
 local existing = redis.call('HGETALL', KEYS[1])
 if #existing > 0 then return {0, existing} end
 local depth = redis.call('LLEN', KEYS[3])
 if depth >= tonumber(ARGV[1]) then return {2, depth} end
-local n = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
-local i = 5 + n
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
+redis.call('HSET', KEYS[5], unpack(ARGV, 6 + n, #ARGV))
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[6], KEYS[3])
 return {1, depth, redis.call('SCARD', KEYS[4])}
 """
 
@@ -217,20 +219,33 @@ def decode_field(name: str, text: str) -> Any:
     return text
 
 
-def enqueue_pipeline(queue: Queue, record: Record, job_timeout: int, pipeline: Pipeline) -> Job:
-    """Add the pipeline job of a record to ``pipeline``: RQ's own writes, sent by the caller."""
-    return queue.enqueue_call(
+_PIPELINE_RETRY = Retry(max=PIPELINE_RETRIES)
+_PIPELINE_ON_FAILURE = Callback(PIPELINE_FAILURE_CALLBACK)
+
+
+def pipeline_job(queue: Queue, record: Record, job_timeout: int) -> Job:
+    """The pipeline job of a record, made by RQ (``Job.create``), ready to be written as queued."""
+    job = Job.create(
         PIPELINE_JOB,
         args=(record.key,),
-        job_id=job_id_for(record.owner, record.request_id),
+        id=job_id_for(record.owner, record.request_id),
         timeout=job_timeout,
-        retry=Retry(max=PIPELINE_RETRIES),
-        on_failure=Callback(PIPELINE_FAILURE_CALLBACK),
+        retry=_PIPELINE_RETRY,
+        on_failure=_PIPELINE_ON_FAILURE,
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         description=f"i2v request {record.request_id!r}",
-        pipeline=pipeline,
+        origin=queue.name,
+        status=JobStatus.QUEUED,
+        connection=queue.connection,
     )
+    job.enqueued_at = job.created_at
+    return job
+
+
+def enqueue_pipeline(queue: Queue, record: Record, job_timeout: int, pipeline: Pipeline) -> Job:
+    """Add the pipeline job of a record to ``pipeline`` with RQ's own enqueue (for re-enqueueing)."""
+    return queue.enqueue_job(pipeline_job(queue, record, job_timeout), pipeline=pipeline)
 
 
 def delivery_job_id(key: str, attempt: int) -> str:
@@ -264,41 +279,29 @@ class RequestStore:
         self._reset_callback = redis.register_script(_RESET_CALLBACK)
         self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
+        self._own = threading.local()
 
-    def create(
-        self,
-        record: Record,
-        enqueue: Callable[[Pipeline], Any],
-        *,
-        queue_key: str,
-        workers_key: str,
-        max_queued: int,
-    ) -> Created:
+    def create(self, record: Record, job: Job, *, queue: Queue, max_queued: int) -> Created:
         """Store a new record and enqueue its job atomically, in one round trip, unless the id exists.
 
-        ``enqueue`` builds the job with RQ's own API into a pipeline that is never sent: its
-        commands run inside one script with the record's, and only for a new id. Record and job are
-        written together or not at all, so no crash can leave a request that no worker will run.
+        Record, index entry and job are written by one script, together or not at all, so no
+        crash can leave a request that no worker will run, and a repeated id writes nothing.
 
         Args:
             record: the new request.
-            enqueue: adds the RQ job's writes to a pipeline.
-            queue_key: the RQ queue's list, for the backlog check and the request's place in line.
-            workers_key: the set of workers serving that queue.
+            job: its RQ job (see :func:`pipeline_job`), written as RQ's ``enqueue_job`` would.
+            queue: the RQ queue the job goes to.
             max_queued: a new request is refused while this many wait (a repeat is always answered).
 
         Raises:
             NotAdmitted: the backlog is full.
         """
-        capture = self.redis.pipeline(transaction=False)
-        enqueue(capture)
-        argv: list[Any] = [max_queued, self.ttl, time.time()]
         fields = [part for pair in record.to_redis().items() for part in pair]
-        argv += [len(fields), *fields]
-        for args, _options in capture.command_stack:
-            argv += [len(args), *args]  # the client encodes them as it would have in the pipeline
-        capture.reset()
-        result = self._create(keys=[record.key, ACTIVE_KEY, queue_key, workers_key], args=argv)
+        argv: list[Any] = [max_queued, self.ttl, time.time(), job.id, len(fields), *fields]
+        for pair in job.to_dict().items():
+            argv += pair
+        keys = [record.key, ACTIVE_KEY, queue.key, WORKERS_BY_QUEUE_KEY % queue.name, job.key, Queue.redis_queues_keys]
+        result = self._run_create(keys, argv)
         outcome = int(result[0])
         if outcome == 0:
             flat = result[1]
@@ -306,6 +309,33 @@ class RequestStore:
         if outcome == 2:
             raise NotAdmitted(record.request_id)
         return Created(record, True, int(result[1]), int(result[2]))
+
+    def _run_create(self, keys: list[str], argv: list[Any]) -> list[Any]:
+        """Run the create script on this thread's own connection: the submit path's one round trip.
+
+        Submitting is the web process's hot path, and the connection pool's bookkeeping (fork
+        and lock checks, a readiness poll) costs more than the command. A lost connection is
+        opened again for another try: the script is idempotent, so a repeat after a lost reply
+        finds the request it created. A timeout is not retried: the caller answers 503 at once.
+        """
+        own = getattr(self._own, "connection", None)
+        if own is None or own.pid != os.getpid():
+            pool = self.redis.connection_pool
+            own = self._own.connection = pool.connection_class(**pool.connection_kwargs)
+        tries = 3
+        while True:
+            tries -= 1
+            try:
+                own.send_command("EVALSHA", self._create.sha, len(keys), *keys, *argv)
+                return own.read_response()
+            except NoScriptError:
+                if not tries:
+                    raise
+                self._create.sha = self.redis.script_load(_CREATE)  # Redis restarted or flushed its scripts
+            except ConnectionError:
+                own.disconnect()
+                if not tries:
+                    raise
 
     def get(self, owner: str, request_id: str) -> Record | None:
         """The record of (owner, request id), or None."""

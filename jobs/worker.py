@@ -24,7 +24,7 @@ from rq.worker import WorkerStatus
 
 from config import ConfigError, configure_logging, load_settings
 from jobs import shutdown
-from jobs.context import resilient_redis
+from jobs.context import resilient_redis, share_connection
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -66,6 +66,7 @@ class PipelineWorker(SimpleWorker):
         configure_logging(settings)
         # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis).
         connection = resilient_redis(settings.redis_url)
+        share_connection(connection)
         kwargs["connection"] = connection
         if args:
             # The CLI built its queues on its own connection; rebuild them on this one.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from config import Settings
-from jobs.clients.http import make_session, retry_after_seconds, was_sent
+from jobs.clients.http import make_pool, make_session, retry_after_seconds, was_sent
 from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,12 @@ class PikaClient:
         self.base_url = settings.pikapi_base_url.rstrip("/")
         self.settings = settings
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
-        self.session = session or make_session()
+        self.session = session or make_session(base_url=self.base_url)
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
+        # Polls are the one call made over and over while requests wait: a leaner transport.
+        self.polls = make_pool(self.base_url)
+        self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}"}
+        self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
 
     name = "pika"
 
@@ -80,7 +87,7 @@ class PikaClient:
             if was_sent(exc):
                 raise GenerationUnknown(f"Pika submission sent but unanswered: {type(exc).__name__}") from exc
             raise TransientError(f"Pika unreachable: {type(exc).__name__}", kind="connection", sent=False) from exc
-        self._raise_for_status(resp, "generate")
+        self._raise_for_status(resp.status_code, resp.headers, "generate")
         job = _json(resp).get("job") if isinstance(_json(resp), dict) else None
         job_id = (job.get("id") or job.get("pikaJobId")) if isinstance(job, dict) else None
         if not isinstance(job_id, str | int) or not str(job_id):
@@ -95,14 +102,23 @@ class PikaClient:
             GenerationFailed: the job is unknown (404) or its video failed.
         """
         try:
-            resp = self.session.get(f"{self.base_url}/jobs/{job_id}", timeout=self.timeout)
-        except requests.RequestException as exc:
+            resp = self.polls.request(
+                "GET",
+                f"{self.base_url}/jobs/{job_id}",
+                headers=self.poll_headers,
+                timeout=self.poll_timeout,
+                retries=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
             raise TransientError(f"Pika poll failed: {type(exc).__name__}", kind="connection") from exc
-        if resp.status_code in (401, 403, 404):
+        if resp.status in (401, 403, 404):
             # Unknown job or refused access: polling on would only wait out the deadline.
-            raise GenerationFailed(f"Pika answered {resp.status_code} for job {job_id}")
-        self._raise_for_status(resp, "jobs", refusal=TransientError)
-        data = _json(resp)
+            raise GenerationFailed(f"Pika answered {resp.status} for job {job_id}")
+        self._raise_for_status(resp.status, resp.headers, "jobs", refusal=TransientError)
+        try:
+            data = json.loads(resp.data)
+        except (ValueError, RecursionError):
+            data = None
         videos = data.get("videos") if isinstance(data, dict) else None
         if not isinstance(videos, list) or not videos or not isinstance(videos[0], dict):
             raise TransientError("Pika job reply has no videos", kind="malformed")
@@ -114,21 +130,23 @@ class PikaClient:
         return VideoState(status=status, url=url, progress=_progress(video.get("progress")))
 
     @staticmethod
-    def _raise_for_status(resp: requests.Response, what: str, refusal: type[Exception] = GenerationFailed) -> None:
-        if resp.status_code == 429:
+    def _raise_for_status(
+        status: int, headers: Mapping[str, str], what: str, refusal: type[Exception] = GenerationFailed
+    ) -> None:
+        if status == 429:
             raise TransientError(
                 f"Pika {what} throttled (429)",
                 kind="throttled",
-                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(headers.get("Retry-After")),
             )
-        if resp.status_code >= 500:
+        if status >= 500:
             raise TransientError(
-                f"Pika {what} answered {resp.status_code}",
+                f"Pika {what} answered {status}",
                 kind="server_error",
-                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(headers.get("Retry-After")),
             )
-        if not 200 <= resp.status_code < 300:
-            message = f"Pika {what} answered {resp.status_code}"
+        if not 200 <= status < 300:
+            message = f"Pika {what} answered {status}"
             if refusal is TransientError:
                 raise TransientError(message, kind="server_error")
             raise refusal(message)

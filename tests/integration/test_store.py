@@ -1,0 +1,71 @@
+"""The request store's one-round-trip create: RQ's own job, and a connection that recovers."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from jobs.store import PIPELINE_JOB, Record, RequestStore, enqueue_pipeline, job_id_for, pipeline_job
+
+TIMESTAMPS = {b"created_at", b"enqueued_at"}
+
+
+def create(store: RequestStore, queue: Queue, request_id: str) -> Record:
+    record = Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg", owner="key-1")
+    outcome = store.create(record, pipeline_job(queue, record, 900), queue=queue, max_queued=100)
+    assert outcome.created
+    return record
+
+
+def test_the_job_is_written_exactly_as_rq_enqueues_it(redis: Redis) -> None:
+    queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
+    record = create(store, queue, "same-as-rq")
+    job_key = Job.key_for(job_id_for(record.owner, record.request_id))
+    ours = redis.hgetall(job_key)
+    ours_queued = redis.lrange(queue.key, 0, -1)
+    assert redis.sismember(Queue.redis_queues_keys, queue.key)
+
+    redis.flushdb()
+    with redis.pipeline() as pipe:
+        enqueue_pipeline(queue, record, 900, pipe)  # RQ's own Queue.enqueue_job
+        pipe.execute()
+    theirs = redis.hgetall(job_key)
+    assert set(ours) == set(theirs)
+    assert {k: v for k, v in ours.items() if k not in TIMESTAMPS} == {
+        k: v for k, v in theirs.items() if k not in TIMESTAMPS
+    }
+    assert ours_queued == redis.lrange(queue.key, 0, -1)
+    assert redis.sismember(Queue.redis_queues_keys, queue.key)
+
+
+def test_rq_reads_the_job_back(redis: Redis) -> None:
+    queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
+    record = create(store, queue, "read-back")
+    job = Job.fetch(job_id_for(record.owner, record.request_id), connection=redis)
+    assert job.func_name == PIPELINE_JOB
+    assert job.args == (record.key,)
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.retries_left == 5
+    assert job.enqueued_at is not None
+    assert queue.job_ids == [job.id]
+
+
+def test_create_recovers_from_a_dropped_connection_and_flushed_scripts(redis: Redis) -> None:
+    queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
+    create(store, queue, "before")
+    redis.script_flush()
+    create(store, queue, "after-flush")
+    redis.client_kill_filter(_type="normal", skipme=True)
+    create(store, queue, "after-kill")
+    assert len(queue) == 3
+
+
+def test_a_repeated_id_writes_nothing(redis: Redis) -> None:
+    queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
+    record = create(store, queue, "twice")
+    again = Record(request_id="twice", image_url="https://cdn.example.com/other.jpg", owner="key-1")
+    outcome = store.create(again, pipeline_job(queue, again, 900), queue=queue, max_queued=100)
+    assert not outcome.created
+    assert outcome.record.image_url == record.image_url
+    assert len(queue) == 1
