@@ -455,12 +455,11 @@ def threaded_markdown(
                 t["non_2xx"],
             ]
         )
-    ratio = threaded["service"]["rps"] / threaded["bare"]["rps"]
     return [
         f"**Threaded workers instead** (one round of {seconds:g} s per app, GUNICORN_THREADS={THREADED}, everything "
-        "else the same). With threads, wrk's kept-alive connections stay with the process that accepted "
-        "them, so a busy process keeps its queue while another idles; that is why gunicorn.conf.py defaults "
-        f"to sync workers. Service/bare with threads: {ratio:.2f}.",
+        "else the same; a single round, so its req/s swing from run to run). With threads, wrk's kept-alive "
+        "connections stay with the process that accepted them, so a busy process keeps its queue while "
+        "another idles, and the tail grows for both apps; that is why gunicorn.conf.py defaults to sync workers.",
         "",
         table(
             ["app", "sync req/s", "sync p99 ms (worst round)", "threaded req/s", "threaded p99 ms", "threaded non-2xx"],

@@ -1,4 +1,4 @@
-"""The worker's "stop now" flag, set on SIGTERM and read by the pipeline between steps."""
+"""The worker's "stop now" flag, set on SIGTERM; the pipeline checks it between steps and waits on it."""
 
 import threading
 
