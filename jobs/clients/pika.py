@@ -52,7 +52,7 @@ class PikaClient:
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
         # Polls are the one call made over and over while requests wait: a leaner transport.
         self.polls = make_pool(self.base_url)
-        self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}"}
+        self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}", "Accept": "application/json"}
         self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
 
     name = "pika"

@@ -180,7 +180,15 @@ def test_failed_video_is_generation_failed(client, fakes, worker, outcome) -> No
 def test_poll_trouble_is_polled_through(client, fakes, worker) -> None:
     _, fake_pika, fake_game = fakes
     fake_pika.duration = 0.8
-    for fault in (Fault.error(500), Fault.throttled(0.1), Fault.garbage("invalid_json"), Fault.garbage("wrong_shape")):
+    faults = (
+        Fault.error(500),
+        Fault.throttled(0.1),
+        Fault.garbage("invalid_json"),
+        Fault.garbage("wrong_shape"),
+        Fault.connection_reset(),
+        Fault.slow(2.5),  # past the read timeout
+    )
+    for fault in faults:
         fake_pika.add_fault("job", fault)
     submit(client, "polltrouble")
     assert final_record(client, "polltrouble")["status"] == "completed"
