@@ -20,6 +20,7 @@ from config import Settings, settings_from
 from i2v_app import create_app
 from launch import start_redis
 from tests.fakes import FakeGame, FakePika, FakeReplicate
+from tests.fakes.files import FileServer
 from tests.helpers import FAST_TIMINGS, ServiceProcess, python_env
 
 os.environ["I2V_DOTENV"] = "0"
@@ -50,6 +51,20 @@ def redis(redis_url: str) -> Iterator[Redis]:
     yield conn
     conn.flushdb()
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def file_server() -> Iterator[FileServer]:
+    """An image host and CDN on 127.0.0.1 (one server for the run, reset for every test)."""
+    with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def files(file_server: FileServer) -> FileServer:
+    """The image host and CDN, emptied for this test."""
+    file_server.reset()
+    return file_server
 
 
 @pytest.fixture(scope="session")

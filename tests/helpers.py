@@ -37,6 +37,17 @@ FAST_TIMINGS = {
 }
 
 
+def completed_callback(video_url: str, title: str = "Plane fly") -> dict:
+    """The GAME callback body for a finished video, written out as ../shared/CONTRACTS.md gives it."""
+    return {
+        "data": {
+            "addToInventory": True,
+            "status": "COMPLETED",
+            "output": {"title": title, "type": "MEDIA", "category": "MARKETING_VIDEO", "url": video_url},
+        }
+    }
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     return poll_until(predicate, timeout, what or str(predicate), interval=interval, error=AssertionError)

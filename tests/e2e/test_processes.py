@@ -17,7 +17,7 @@ import requests
 
 from launch import free_port
 from tests.fakes import FakeGame, FakePika
-from tests.helpers import ServiceProcess, wait_for
+from tests.helpers import ServiceProcess, completed_callback, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -127,12 +127,6 @@ def video_url(fake_pika: FakePika, job_id: str) -> str:
     return fake_pika.jobs[job_id]["videos"][0]["resultUrl"]
 
 
-def completed(title: str, url: str) -> dict[str, Any]:
-    """The contract's success callback body."""
-    output = {"title": title, "type": "MEDIA", "category": "MARKETING_VIDEO", "url": url}
-    return {"data": {"addToInventory": True, "status": "COMPLETED", "output": output}}
-
-
 @pytest.fixture
 def web(start_process: StartProcess, tmp_path: Path) -> Web:
     """The ``web`` process with the test environment, ready to answer."""
@@ -158,7 +152,7 @@ def test_happy_path_through_gunicorn_and_rq_worker(
     record = web.settled("e2e-happy")
     time.sleep(DUPLICATE_GRACE)
     job_id = record["provider"]["job_id"]
-    assert only_callback(fake_game, "e2e-happy") == completed("Plane fly", video_url(fake_pika, job_id))
+    assert only_callback(fake_game, "e2e-happy") == completed_callback(video_url(fake_pika, job_id))
     assert fake_game.callbacks_for("e2e-happy")[0].headers["x-api-key"] == service_env["GAME_API_KEY"]
     assert [c["image"] for c in fake_replicate.creates] == [PLAIN]
     assert [g["image"] for g in fake_pika.generates] == [PLAIN]
@@ -274,6 +268,6 @@ def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: 
     record = web.settled(request_id, timeout=25)
     time.sleep(DUPLICATE_GRACE)
     assert record["status"] == "completed", record
-    assert only_callback(fake_game, request_id) == completed("Plane fly", video_url(fake_pika, job_id))
+    assert only_callback(fake_game, request_id) == completed_callback(video_url(fake_pika, job_id))
     assert len(fake_pika.generates) == 1
     assert len(fake_replicate.creates) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,6 @@ WAN = ModelSpec(
 )
 #: A deadline long enough for a crashed worker's heartbeat to lapse and the request still to finish.
 SLOW = {"INITIAL_WAIT_TIME": "0.2", "MAX_CHECK_TIME": "60"}
-
-
-@pytest.fixture(scope="module")
-def file_server() -> Iterator[FileServer]:
-    with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-def files(file_server: FileServer) -> FileServer:
-    """The image host and CDN, emptied for this test."""
-    file_server.reset()
-    return file_server
 
 
 @pytest.fixture

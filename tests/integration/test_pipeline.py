@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.fakes import Fault
-from tests.helpers import wait_for
+from tests.helpers import completed_callback, wait_for
 
 PLAIN = "https://cdn.example.com/images/plane.jpg"
 ESCAPED = "https:&#x2F;&#x2F;cdn.example.com&#x2F;images&#x2F;plane.jpg"
@@ -44,18 +44,7 @@ def test_happy_path_calls_back_once_with_the_video(client, fakes, worker) -> Non
     record = final_record(client, "happy")
     assert record["status"] == "completed"
     body = one_callback(fake_game, "happy")
-    assert body == {
-        "data": {
-            "addToInventory": True,
-            "status": "COMPLETED",
-            "output": {
-                "title": "Plane fly",
-                "type": "MEDIA",
-                "category": "MARKETING_VIDEO",
-                "url": record["video_url"],
-            },
-        }
-    }
+    assert body == completed_callback(record["video_url"])
     assert record["video_url"].endswith("/Plane_fly_seed3183047765.mp4")
     # The escaped URL reached both providers unescaped, with the contract's inputs.
     assert fake_replicate.creates == [{"image": PLAIN, "clip_model_name": "ViT-L-14/openai", "mode": "best"}]

@@ -10,6 +10,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from jobs.clients.game import callback_url, same_host
 from jobs.delivery import callback_payload, sign
 from jobs.store import Record
+from tests.helpers import completed_callback
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER = "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3Q="
@@ -41,18 +42,7 @@ def test_success_and_failure_payloads_match_the_contract() -> None:
     done = Record(
         request_id="r", image_url="u", status="completed", video_url="https://v/Plane_fly.mp4", title="Plane fly"
     )
-    assert callback_payload(done) == {
-        "data": {
-            "addToInventory": True,
-            "status": "COMPLETED",
-            "output": {
-                "title": "Plane fly",
-                "type": "MEDIA",
-                "category": "MARKETING_VIDEO",
-                "url": "https://v/Plane_fly.mp4",
-            },
-        }
-    }
+    assert callback_payload(done) == completed_callback("https://v/Plane_fly.mp4")
     failed = Record(request_id="r", image_url="u", status="failed")
     assert callback_payload(failed) == {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
     canceled = Record(request_id="r", image_url="u", status="canceled")

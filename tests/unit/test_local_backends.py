@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -170,18 +169,6 @@ def test_default_local_video_is_four_seconds_at_24_fps() -> None:
 
 
 # -- fetch(): the URL rules on every hop, size cap, timeouts ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def file_server() -> Iterator[FileServer]:
-    with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-def files(file_server: FileServer) -> FileServer:
-    file_server.reset()
-    return file_server
 
 
 LOCAL = ("127.0.0.1",)
