@@ -1,4 +1,4 @@
-"""What the ``requests``-based clients share: sessions, timeouts and reading ``Retry-After``."""
+"""What the HTTP clients share: requests sessions, urllib3 pools for polls, ``Retry-After``, "was it sent?"."""
 
 from __future__ import annotations
 
@@ -13,19 +13,10 @@ import requests
 import urllib3
 
 
-def make_session(user_agent: str = "i2v", base_url: str | None = None) -> requests.Session:
-    """A session for one provider; it honours HTTP(S)_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE.
-
-    With ``base_url`` (a provider that is always called at one host) the environment is read
-    once, here, instead of on every request: a poll every few seconds from hundreds of workers
-    otherwise spends a good part of its CPU re-reading proxy variables.
-    """
+def make_session(user_agent: str = "i2v") -> requests.Session:
+    """A session for one provider; it honours HTTP(S)_PROXY and NO_PROXY from the environment."""
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
-    if base_url is not None:
-        session.proxies.update(requests.utils.get_environ_proxies(base_url))
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        session.trust_env = False
     return session
 
 
@@ -34,8 +25,8 @@ def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
 
     Hundreds of workers each poll every few seconds, and each poll wakes a process whose caches
     have gone cold; requests' per-call machinery (sessions, hooks, cookies, environment) then
-    costs several times the HTTP exchange. Proxy and CA rules are read from the environment as
-    for :func:`make_session`.
+    costs several times the HTTP exchange. The environment is read once, here, with requests'
+    rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi).
     """
     proxies = requests.utils.get_environ_proxies(base_url)
     proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")

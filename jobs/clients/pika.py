@@ -48,7 +48,7 @@ class PikaClient:
         self.base_url = settings.pikapi_base_url.rstrip("/")
         self.settings = settings
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
-        self.session = session or make_session(base_url=self.base_url)
+        self.session = session or make_session()
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
         # Polls are the one call made over and over while requests wait: a leaner transport.
         self.polls = make_pool(self.base_url)
