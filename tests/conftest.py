@@ -7,7 +7,6 @@ only its database), so they never touch another Redis's data.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from redis import Redis
 
 from config import Settings, settings_from
 from i2v_app import create_app
-from launch import start_redis
+from launch import find_redis_server, start_redis
 from tests.fakes import FakeGame, FakePika, FakeReplicate
 from tests.fakes.files import FileServer
 from tests.helpers import FAST_TIMINGS, ServiceProcess, python_env
@@ -186,5 +185,5 @@ def worker(start_process) -> ServiceProcess:
     return start_process("worker")
 
 
-if shutil.which("redis-server") is None and not os.environ.get("I2V_TEST_REDIS_URL"):
-    raise pytest.UsageError("the tests need redis-server on PATH or I2V_TEST_REDIS_URL")
+if find_redis_server() is None and not os.environ.get("I2V_TEST_REDIS_URL"):
+    raise pytest.UsageError("the tests need redis-server on PATH, the development requirements, or I2V_TEST_REDIS_URL")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from launch import free_port
+from launch import find_redis_server, free_port
 from tests.fakes.files import probe
 from tests.helpers import ROOT, descendants, wait_for
 
@@ -125,7 +125,8 @@ def wait_until_all_gone(run: Launched, pids: dict[int, str]) -> None:
 
 def assert_every_process_type_started(children: dict[int, str]) -> None:
     commands = " | ".join(children.values())
-    for expected in ("redis-server", "gunicorn", "rq worker", "jobs.janitor"):
+    redis = Path(find_redis_server() or "redis-server").name
+    for expected in (redis, "gunicorn", "rq worker", "jobs.janitor"):
         assert expected in commands, f"no {expected} among launch.py's children: {commands}"
 
 
