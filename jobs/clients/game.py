@@ -49,7 +49,12 @@ def same_host(url_a: str, url_b: str) -> bool:
 
 
 class GameClient:
-    """POSTs callbacks; never raises for transport trouble, which is an attempt like any other."""
+    """POSTs callbacks; never raises for transport trouble, which is an attempt like any other.
+
+    Redirects are never followed: requests would carry ``x-api-key``, the webhook headers and the
+    body to any ``Location`` (it strips only ``Authorization``), and turn a 302 into a GET whose
+    200 would look like a delivery. A 3xx is a failed attempt with its status code, like a 5xx.
+    """
 
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
         self.settings = settings
@@ -60,7 +65,7 @@ class GameClient:
         """Send one attempt of a callback with the given raw JSON body and headers."""
         headers = {"Content-Type": "application/json", **headers}
         try:
-            resp = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            resp = self.session.post(url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
             return DeliveryResult(status_code=None, error=type(exc).__name__)
         return DeliveryResult(

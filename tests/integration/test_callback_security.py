@@ -1,0 +1,98 @@
+"""Callbacks are safe to send: no redirect is followed, and the GAME key goes only where it belongs.
+
+These run a real RQ worker (the Procfile's command) against the fake GAME receiver.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.fakes import Fault
+from tests.helpers import wait_for
+
+PLAIN = "https://cdn.example.com/images/plane.jpg"
+
+
+class Sink:
+    """Another origin that answers 200 to anything and records what reached it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, dict[str, str]]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                sink.received.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    server = Sink()
+    yield server
+    server.close()
+
+
+def submit(client, request_id: str, **body: str) -> None:
+    resp = client.post("/api/v1/i2v", json={"image_id": PLAIN, **body}, headers={"x-request-id": request_id})
+    assert resp.status_code == 202, resp.get_json()
+
+
+def settled(client, request_id: str) -> dict:
+    """The status body once the callback is delivered or given up."""
+
+    def done() -> dict | None:
+        body = client.get(f"/api/v1/i2v/{request_id}").get_json()
+        return body if body["callback"]["status"] != "pending" else None
+
+    return wait_for(done, timeout=30, what=f"the callback of {request_id} to settle")
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_a_failed_attempt_and_nothing_follows_it(client, fakes, worker, sink, settings, status) -> None:
+    """A 3xx from the receiver is retried like a 5xx with its code recorded; its Location sees nothing."""
+    _, _, fake_game = fakes
+    redirect = Fault(status=status, headers={"Location": f"{sink.url}/stolen"})
+    fake_game.add_fault("callback", redirect, times=None)
+    submit(client, f"redirect-{status}")
+    record = settled(client, f"redirect-{status}")
+    assert record["callback"]["status"] == "failed"
+    assert record["callback"]["attempts"] == len(settings.callback_retry_delays) + 1
+    assert record["callback"]["last_status_code"] == status
+    assert sink.received == []
+    assert fake_game.callbacks == []
+
+
+def test_a_redirect_then_a_2xx_is_delivered_on_the_retry(client, fakes, worker, sink) -> None:
+    """One 307, then the receiver's 2xx: delivered on attempt 2, to GAME only."""
+    _, _, fake_game = fakes
+    fake_game.add_fault("callback", Fault(status=307, headers={"Location": f"{sink.url}/stolen"}))
+    submit(client, "redirect-once")
+    record = settled(client, "redirect-once")
+    assert record["callback"]["status"] == "delivered"
+    assert record["callback"]["attempts"] == 2
+    assert len(fake_game.callbacks_for("redirect-once")) == 1
+    assert sink.received == []
