@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 
-from config import Settings
+from config import Settings, plain_http_off_machine
 from jobs.clients.http import make_session, retry_after_seconds
 
 
@@ -31,21 +31,26 @@ def callback_url(template: str, request_id: str) -> str:
     A value holding ``{request_id}`` is a full template; any other value is the base to which
     ``/{request_id}/callback`` is appended (the original service's meaning). The id is
     percent-encoded as one path segment.
+
+    Raises:
+        ValueError: the id is empty or only dots, a dot-segment that would move the URL elsewhere
+            (``..`` turns ``/requests/../callback`` into ``/callback``); submissions refuse such ids.
     """
+    if not request_id.strip("."):
+        raise ValueError(f"request id {request_id!r} cannot name a callback URL path segment")
     encoded = quote(request_id, safe="")
     if "{request_id}" in template:
         return template.replace("{request_id}", encoded)
     return f"{template.rstrip('/')}/{encoded}/callback"
 
 
-def same_host(url_a: str, url_b: str) -> bool:
-    """Whether two URLs name the same scheme, host and port (API keys only go to their own host)."""
+def may_carry_key(url: str, own_url: str, *, development: bool) -> bool:
+    """Whether ``x-api-key`` may go to ``url``, given the URL ``CALLBACK_API_URL`` builds for the request.
 
-    def origin(url: str) -> tuple[str, str | None, int | None]:
-        parts = urlsplit(url)
-        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-
-    return origin(url_a) == origin(url_b)
+    Only to that exact URL, never to another path on the same host; and outside development never
+    over plain ``http://`` except to a loopback host.
+    """
+    return url == own_url and (development or not plain_http_off_machine(url))
 
 
 class GameClient:

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from config import settings_from
+from i2v_app import create_app
 from tests.fakes import Fault
 from tests.helpers import wait_for
 
@@ -96,3 +98,19 @@ def test_a_redirect_then_a_2xx_is_delivered_on_the_retry(client, fakes, worker, 
     assert record["callback"]["attempts"] == 2
     assert len(fake_game.callbacks_for("redirect-once")) == 1
     assert sink.received == []
+
+
+def test_a_per_request_url_on_games_host_never_gets_the_game_key(service_env, fakes, worker) -> None:
+    """``x-api-key`` goes only to the URL ``CALLBACK_API_URL`` builds for the request, not to any path on its host."""
+    _, _, fake_game = fakes
+    fake_game.require_key = False
+    allowed = {**service_env, "CALLBACK_URL_ALLOWLIST": f"127.0.0.1:{fake_game.port}"}
+    client = create_app(settings_from(allowed)).test_client()
+    submit(client, "mine", callback_url=f"{fake_game.url}/hooks/someone-elses")
+    submit(client, "own")
+    assert settled(client, "mine")["callback"]["status"] == "delivered"
+    assert settled(client, "own")["callback"]["status"] == "delivered"
+    (theirs,) = fake_game.callbacks_for("someone-elses")
+    assert "x-api-key" not in theirs.headers
+    (own,) = fake_game.callbacks_for("own")
+    assert own.headers["x-api-key"] == service_env["GAME_API_KEY"]
