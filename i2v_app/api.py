@@ -76,7 +76,7 @@ def present(record: Record) -> dict[str, Any]:
 def find(request_id: str) -> Record:
     """The caller's record for ``request_id``, or a 404 problem."""
     if not REQUEST_ID_PATTERN.fullmatch(request_id):
-        abort(404, message="No request with that id: request ids hold 1-128 letters, digits and - _ . : ~, not only dots")
+        abort(404, message="No request with that id: request ids hold 1-128 letters, digits and - _ . : ~")
     g.request_id = request_id
     record = services.store().get(owner(), request_id)
     if record is None:
