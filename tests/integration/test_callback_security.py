@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from rq import Queue
 
 from config import settings_from
 from i2v_app import create_app
+from jobs.store import Record, RequestStore, enqueue_delivery
 from tests.fakes import Fault
 from tests.helpers import wait_for
 
@@ -114,3 +116,19 @@ def test_a_per_request_url_on_games_host_never_gets_the_game_key(service_env, fa
     assert "x-api-key" not in theirs.headers
     (own,) = fake_game.callbacks_for("own")
     assert own.headers["x-api-key"] == service_env["GAME_API_KEY"]
+
+
+def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, worker) -> None:
+    """A record from before ``..`` was refused: its callback fails at once, and nothing is sent anywhere."""
+    _, _, fake_game = fakes
+    store = RequestStore(redis, settings.record_ttl)
+    record = Record(request_id="..", image_url=PLAIN, status="failed", error_code="canceled")
+    redis.hset(record.key, mapping=record.to_redis())
+    enqueue_delivery(Queue(settings.queue_name, connection=redis), record.key)
+
+    def given_up() -> Record | None:
+        stored = store.get_by_key(record.key)
+        return stored if stored and stored.callback_status == "failed" else None
+
+    assert wait_for(given_up, timeout=20, what="the callback to be given up").callback_last_status_code is None
+    assert fake_game.requests == []
