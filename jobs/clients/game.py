@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import requests
 
 from config import Settings, plain_http_off_machine
 from jobs.clients.http import make_session, retry_after_seconds
+from jobs.store import callback_url
+
+__all__ = ["DeliveryResult", "GameClient", "callback_url", "may_carry_key"]
 
 
 @dataclass(frozen=True)
@@ -23,25 +25,6 @@ class DeliveryResult:
     def delivered(self) -> bool:
         """Only a 2xx answer counts as delivered."""
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def callback_url(template: str, request_id: str) -> str:
-    """The callback URL of a request.
-
-    A value holding ``{request_id}`` is a full template; any other value is the base to which
-    ``/{request_id}/callback`` is appended (the original service's meaning). The id is
-    percent-encoded as one path segment.
-
-    Raises:
-        ValueError: the id is empty or only dots, a dot-segment that would move the URL elsewhere
-            (``..`` turns ``/requests/../callback`` into ``/callback``); submissions refuse such ids.
-    """
-    if not request_id.strip("."):
-        raise ValueError(f"request id {request_id!r} cannot name a callback URL path segment")
-    encoded = quote(request_id, safe="")
-    if "{request_id}" in template:
-        return template.replace("{request_id}", encoded)
-    return f"{template.rstrip('/')}/{encoded}/callback"
 
 
 def may_carry_key(url: str, own_url: str, *, development: bool) -> bool:
