@@ -132,3 +132,26 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
 
     assert wait_for(given_up, timeout=20, what="the callback to be given up").callback_last_status_code is None
     assert fake_game.requests == []
+
+
+def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, fakes, worker) -> None:
+    """Key B submitting and canceling key A's GAME request id never reaches GAME: A's one callback stands."""
+    _, _, fake_game = fakes
+    secured = {**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": "key-alpha-0123,key-bravo-0123"}
+    client = create_app(settings_from(secured)).test_client()
+    a, b = {"Authorization": "Bearer key-alpha-0123"}, {"Authorization": "Bearer key-bravo-0123"}
+    taken = {"x-request-id": "game-7"}
+    assert client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **a}).status_code == 202
+    resp = client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **b})
+    assert resp.status_code == 409
+    assert resp.mimetype == "application/problem+json"
+    assert client.delete("/api/v1/i2v/game-7", headers=b).status_code == 404
+
+    def settled_for_a() -> dict | None:
+        body = client.get("/api/v1/i2v/game-7", headers=a).get_json()
+        return body if body["callback"]["status"] != "pending" else None
+
+    assert wait_for(settled_for_a, timeout=30, what="A's callback")["callback"]["status"] == "delivered"
+    (callback,) = fake_game.callbacks_for("game-7")
+    assert callback.status == "COMPLETED"
+    assert fake_game.rejected == []
