@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs import metrics
-from jobs.clients.game import callback_url, may_carry_key
+from jobs.clients.game import may_carry_key
 from jobs.context import Context, get_context
-from jobs.store import DELIVERY_JOB, Record, delivery_job_id, request_digest
+from jobs.store import DELIVERY_JOB, Record, callback_url, delivery_job_id, request_digest
 
 log = logging.getLogger(__name__)
 

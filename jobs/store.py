@@ -66,7 +66,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# Create a request: record, index entry and RQ job, or nothing. The job's hash is RQ's own
+# Create a request: record, index entry, target claim and RQ job, or nothing. The job's hash is RQ's own
 # (Job.to_dict); pushing its id on the queue list and naming the queue in rq:queues is what
 # Queue.enqueue_job adds (a test holds the two equal).
 # The target claim is taken here too, unless a live record of another owner holds it; a claim
