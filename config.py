@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -174,6 +175,23 @@ def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
     return raw
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a URL's host is this machine: ``localhost`` or a loopback address literal."""
+    name = (host or "").strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_off_machine(url: str) -> bool:
+    """Whether ``url`` is plain ``http://`` to another machine: no secret may travel to it in production."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback_host(parts.hostname)
 
 
 def _parse_url(name: str, raw: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
@@ -395,6 +413,11 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     if values.get("env") == "development" and "public_base_url" not in values:
         values["public_base_url"] = f"http://127.0.0.1:{env.get('PORT') or '8000'}"
     settings = Settings(**values)
+    if not settings.development and plain_http_off_machine(settings.callback_api_url):
+        raise ConfigError(
+            "CALLBACK_API_URL must be https:// in production (plain http:// only to a loopback host): "
+            "every callback carries GAME_API_KEY"
+        )
     if settings.video_backend != "pika" and not settings.public_base_url:
         raise ConfigError(
             f"PUBLIC_BASE_URL must be set: VIDEO_BACKEND={settings.video_backend} serves videos from this service"

@@ -122,7 +122,9 @@ class Submissions(MethodView):
 
         The reply comes at once; the video comes later by one callback for this
         ``x-request-id`` (to ``CALLBACK_API_URL``, or to ``callback_url`` when its host is
-        allowed). Submitting the same id and image again starts nothing new.
+        allowed). Submitting the same id and image again starts nothing new. An id is
+        answered 409 when it was used with another image, or when another API key's request
+        already uses it at the same callback URL.
         """
         submission = read_submission(blp.ARGUMENTS_PARSER)
         request_id = submission.request_id
@@ -135,6 +137,8 @@ class Submissions(MethodView):
             outcome = lifecycle.submit(record)
         except lifecycle.Backlogged as exc:
             abort(503, message=str(exc), headers={"Retry-After": "60"})
+        except lifecycle.InUse as exc:
+            abort(409, message=str(exc))
         stored = outcome.record
         location = {"Location": f"{blp.url_prefix}/{request_id}"}
         if not outcome.created and stored.image_url != record.image_url:

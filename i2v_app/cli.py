@@ -81,7 +81,7 @@ def submit(image_url: str, request_id: str | None, wait: bool, owner: str) -> No
     record = Record(request_id=request_id, image_url=image_url, owner=owner)
     try:
         outcome = lifecycle.submit(record)
-    except lifecycle.Backlogged as exc:
+    except (lifecycle.Backlogged, lifecycle.InUse) as exc:
         raise click.ClickException(str(exc)) from None
     stored, created = outcome.record, outcome.created
     if not created and stored.image_url != image_url:

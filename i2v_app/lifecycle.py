@@ -8,7 +8,17 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from i2v_app import services
-from jobs.store import Created, NotAdmitted, Record, enqueue_delivery, job_id_for, pipeline_job
+from jobs.store import (
+    Created,
+    NotAdmitted,
+    Record,
+    TargetInUse,
+    callback_url,
+    enqueue_delivery,
+    job_id_for,
+    pipeline_job,
+    target_claim_key,
+)
 
 
 class Conflict(Exception):
@@ -19,22 +29,33 @@ class Backlogged(Exception):
     """``MAX_QUEUED`` requests are already waiting."""
 
 
+class InUse(Exception):
+    """Another key's request has this request id at the same callback target."""
+
+
 def submit(record: Record) -> Created:
     """Store a new request and enqueue its job, or return the one stored under its id.
 
     A repeat of a known id is always answered; a new one is refused while ``MAX_QUEUED``
-    requests wait, rather than queueing work no one would see for hours.
+    requests wait, rather than queueing work no one would see for hours. A request claims its
+    (callback URL, request id) for as long as its record lives, so that no other key can have the
+    service call back for that id at that URL (where the GAME key would vouch for it).
 
     Raises:
         Backlogged: the queue is full.
+        InUse: another key's request holds the same request id at the same callback URL.
     """
     settings, queue = services.settings(), services.queue()
     record.provider = settings.video_backend
+    target = record.callback_url or callback_url(settings.callback_api_url, record.request_id)
+    record.target_claim = target_claim_key(target, record.request_id)
     job = pipeline_job(queue, record, settings.job_timeout)
     try:
         return services.store().create(record, job, queue=queue, max_queued=settings.max_queued)
     except NotAdmitted:
         raise Backlogged(f"{settings.max_queued} requests are already waiting; try again later") from None
+    except TargetInUse:
+        raise InUse(f"Request id {record.request_id!r} is already in use at this callback URL") from None
 
 
 def cancel(record: Record) -> Record:

@@ -11,8 +11,9 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 
 from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
 
-#: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``.
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:~]{1,128}")
+#: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``. Not only
+#: dots: ``.`` and ``..`` are dot-segments in the callback URL's path, which would move it elsewhere.
+REQUEST_ID_PATTERN = re.compile(r"(?!\.+$)[A-Za-z0-9\-_.:~]{1,128}")
 
 
 def unescape_url(value: str) -> str:
@@ -31,6 +32,8 @@ def validate_request_id(value: str) -> None:
         raise ValidationError("x-request-id must not be empty")
     if len(value) > 128:
         raise ValidationError(f"x-request-id is {len(value)} characters long; at most 128 are allowed")
+    if not value.strip("."):
+        raise ValidationError("x-request-id must not be only dots: it names a path segment of the callback URL")
     if not REQUEST_ID_PATTERN.fullmatch(value):
         raise ValidationError("x-request-id may only hold letters, digits and - _ . : ~")
 

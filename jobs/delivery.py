@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs import metrics
-from jobs.clients.game import callback_url, same_host
+from jobs.clients.game import may_carry_key
 from jobs.context import Context, get_context
-from jobs.store import DELIVERY_JOB, Record, delivery_job_id, request_digest
+from jobs.store import DELIVERY_JOB, Record, callback_url, delivery_job_id, request_digest
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,17 @@ def sign(secrets: tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> 
 
 
 def delivery_target(ctx: Context, record: Record) -> tuple[str, dict[str, str]]:
-    """Where a record's callback goes and the headers only that destination may see."""
-    base = ctx.settings.callback_api_url
-    url = record.callback_url or callback_url(base, record.request_id)
+    """Where a record's callback goes and the headers only that destination may see.
+
+    Raises:
+        ValueError: the request id cannot name a callback URL (see :func:`callback_url`).
+    """
+    own_url = callback_url(ctx.settings.callback_api_url, record.request_id)
+    url = record.callback_url or own_url
     headers: dict[str, str] = {}
-    # The GAME key belongs to GAME: a per-request URL on another host never sees it.
-    if ctx.settings.game_api_key and same_host(url, callback_url(base, record.request_id)):
+    # The GAME key belongs to GAME's callback of this request: a per-request URL, even on GAME's
+    # host, never sees it.
+    if ctx.settings.game_api_key and may_carry_key(url, own_url, development=ctx.settings.development):
         headers["x-api-key"] = ctx.settings.game_api_key
     return url, headers
 
@@ -73,8 +78,15 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     if attempt <= record.callback_attempts or not ctx.store.claim(key, f"callback_claim_{attempt}", claim_ttl(ctx)):
         return  # this attempt was already made, or another process is making it
 
+    try:
+        url, headers = delivery_target(ctx, record)
+    except ValueError as exc:
+        # Only a record from before such ids were refused gets here: nothing is sent, ever.
+        log.error("callback not sent", extra={"request_id": record.request_id, "error": str(exc)})
+        ctx.store.update(key, callback_status="failed", callback_attempts=attempt, stage=None)
+        ctx.store.settle(key)
+        return
     body = json.dumps(callback_payload(record), separators=(",", ":")).encode()
-    url, headers = delivery_target(ctx, record)
     msg_id = webhook_id(record)
     timestamp = int(time.time())
     headers["webhook-id"] = msg_id

@@ -5,6 +5,10 @@ owner (the API key that created the request; empty without authentication) and t
 request id, so any id the caller chooses is safe as a key and an RQ job id. The pipeline writes
 every provider id the moment it exists, which is what lets a restarted worker resume a request
 instead of paying a provider twice.
+
+Two owners may use the same request id, but not at the same callback target: the record's create
+also claims (callback URL, request id) for its record, and the claim expires with the record, so
+no key can make the service call back, with the GAME key, for a request another key owns.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from redis import Redis
 from redis.client import Pipeline
@@ -33,6 +38,8 @@ DELIVERY_JOB = "jobs.delivery.deliver_callback"
 PIPELINE_RETRIES = 5
 
 KEY_PREFIX = "i2v:req:"
+#: One key per (callback URL, request id), holding the key of the record that owns it.
+TARGET_PREFIX = "i2v:target:"
 #: Records whose request or callback is not settled yet (sorted by creation): what the janitor checks.
 ACTIVE_KEY = "i2v:active"
 TERMINAL = frozenset({"completed", "failed", "canceled"})
@@ -59,24 +66,42 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# Create a request: record, index entry and RQ job, or nothing. The job's hash is RQ's own
+# Create a request: record, index entry, target claim and RQ job, or nothing. The job's hash is RQ's own
 # (Job.to_dict); pushing its id on the queue list and naming the queue in rq:queues is what
 # Queue.enqueue_job adds (a test holds the two equal).
-# KEYS: record, active index, RQ queue list, RQ workers-by-queue set, RQ job hash, RQ queues set
+# The target claim is taken here too, unless a live record of another owner holds it; a claim
+# whose record is gone (expired) is stale and taken over.
+# KEYS: record, active index, RQ queue list, RQ workers-by-queue set, RQ job hash, RQ queues set,
+#       target claim ("" for none)
 # ARGV: max queued, record TTL, now, job id, n, <n record field/value parts>, <job field/value parts>
 _CREATE = """
 local existing = redis.call('HGETALL', KEYS[1])
 if #existing > 0 then return {0, existing} end
+if KEYS[7] ~= '' then
+  local holder = redis.call('GET', KEYS[7])
+  if holder and holder ~= KEYS[1] and redis.call('EXISTS', holder) == 1 then return {3} end
+end
 local depth = redis.call('LLEN', KEYS[3])
 if depth >= tonumber(ARGV[1]) then return {2, depth} end
 local n = tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[7] ~= '' then redis.call('SET', KEYS[7], KEYS[1], 'EX', ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 redis.call('HSET', KEYS[5], unpack(ARGV, 6 + n, #ARGV))
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[6], KEYS[3])
 return {1, depth, redis.call('SCARD', KEYS[4])}
+"""
+
+# Write fields of a record and refresh its TTL, and that of its target claim while it holds it.
+# KEYS: record; ARGV: TTL, <field/value parts>
+_UPDATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local claim = redis.call('HGET', KEYS[1], 'target_claim')
+if claim and claim ~= '' and redis.call('GET', claim) == KEYS[1] then redis.call('EXPIRE', claim, ARGV[1]) end
+return 1
 """
 
 _FINISH = """
@@ -103,6 +128,30 @@ def record_key(owner: str, request_id: str) -> str:
     return KEY_PREFIX + request_digest(owner, request_id)
 
 
+def callback_url(template: str, request_id: str) -> str:
+    """The callback URL of a request: where it is called back, and the target it claims.
+
+    A value holding ``{request_id}`` is a full template; any other value is the base to which
+    ``/{request_id}/callback`` is appended (the original service's meaning). The id is
+    percent-encoded as one path segment.
+
+    Raises:
+        ValueError: the id is empty or only dots, a dot-segment that would move the URL elsewhere
+            (``..`` turns ``/requests/../callback`` into ``/callback``); submissions refuse such ids.
+    """
+    if not request_id.strip("."):
+        raise ValueError(f"request id {request_id!r} cannot name a callback URL path segment")
+    encoded = quote(request_id, safe="")
+    if "{request_id}" in template:
+        return template.replace("{request_id}", encoded)
+    return f"{template.rstrip('/')}/{encoded}/callback"
+
+
+def target_claim_key(target: str, request_id: str) -> str:
+    """The Redis key of the claim on (callback URL, request id)."""
+    return TARGET_PREFIX + hashlib.sha256(f"{target}\x00{request_id}".encode()).hexdigest()[:40]
+
+
 def job_id_for(owner: str, request_id: str) -> str:
     """The RQ job id of a request's pipeline job (RQ ids allow only ``[A-Za-z0-9_-]``)."""
     return "i2v-" + request_digest(owner, request_id)
@@ -110,6 +159,10 @@ def job_id_for(owner: str, request_id: str) -> str:
 
 class NotAdmitted(Exception):
     """A new request was refused (the backlog is full)."""
+
+
+class TargetInUse(Exception):
+    """A new request was refused: another owner's request has its id at the same callback target."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +199,8 @@ class Record:
     callback_attempts: int = 0
     callback_last_status_code: int | None = None
     callback_next_attempt_at: str | None = None
+    #: The key of this request's claim on (callback URL, request id); see :func:`target_claim_key`.
+    target_claim: str | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
     #: Unix time of the Pika submission; deadlines run from it, also after a restart.
@@ -276,6 +331,7 @@ class RequestStore:
         self.redis = redis
         self.ttl = ttl
         self._finish = redis.register_script(_FINISH)
+        self._update = redis.register_script(_UPDATE)
         self._reset_callback = redis.register_script(_RESET_CALLBACK)
         self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
@@ -284,8 +340,8 @@ class RequestStore:
     def create(self, record: Record, job: Job, *, queue: Queue, max_queued: int) -> Created:
         """Store a new record and enqueue its job atomically, in one round trip, unless the id exists.
 
-        Record, index entry and job are written by one script, together or not at all, so no
-        crash can leave a request that no worker will run, and a repeated id writes nothing.
+        Record, index entry, target claim and job are written by one script, together or not at
+        all, so no crash can leave a request that no worker will run, and a repeated id writes nothing.
 
         Args:
             record: the new request.
@@ -295,12 +351,14 @@ class RequestStore:
 
         Raises:
             NotAdmitted: the backlog is full.
+            TargetInUse: another owner's live request claims ``record.target_claim``.
         """
         fields = [part for pair in record.to_redis().items() for part in pair]
         argv: list[Any] = [max_queued, self.ttl, time.time(), job.id, len(fields), *fields]
         for pair in job.to_dict().items():
             argv += pair
         keys = [record.key, ACTIVE_KEY, queue.key, WORKERS_BY_QUEUE_KEY % queue.name, job.key, Queue.redis_queues_keys]
+        keys.append(record.target_claim or "")
         result = self._run_create(keys, argv)
         outcome = int(result[0])
         if outcome == 0:
@@ -308,6 +366,8 @@ class RequestStore:
             return Created(Record.from_redis(dict(zip(flat[::2], flat[1::2], strict=True))), False, 0, 0)
         if outcome == 2:
             raise NotAdmitted(record.request_id)
+        if outcome == 3:
+            raise TargetInUse(record.request_id)
         return Created(record, True, int(result[1]), int(result[2]))
 
     def _run_create(self, keys: list[str], argv: list[Any]) -> list[Any]:
@@ -347,13 +407,11 @@ class RequestStore:
         return Record.from_redis(raw) if raw else None
 
     def update(self, key: str, **fields: Any) -> None:
-        """Write some fields of a record and refresh its TTL."""
-        mapping = {name: encode_field(name, value) for name, value in fields.items()}
-        mapping["updated_at"] = now_iso()
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self.ttl)
-            pipe.execute()
+        """Write some fields of a record and refresh its TTL (and its target claim's, which lives as long)."""
+        argv: list[Any] = [self.ttl]
+        for name, value in {**fields, "updated_at": now_iso()}.items():
+            argv += [name, encode_field(name, value)]
+        self._update(keys=[key], args=argv)
 
     def enter_stage(self, record: Record, stage: str) -> None:
         """Mark ``stage`` as the record's current stage and note when it started."""

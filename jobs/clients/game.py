@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
 
 import requests
 
-from config import Settings
+from config import Settings, plain_http_off_machine
 from jobs.clients.http import make_session, retry_after_seconds
+from jobs.store import callback_url
+
+# callback_url lives in the store now (the web process claims each request's callback URL); it is
+# still importable from here, where callers have always found it.
+__all__ = ["DeliveryResult", "GameClient", "callback_url", "may_carry_key"]
 
 
 @dataclass(frozen=True)
@@ -25,31 +29,22 @@ class DeliveryResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def callback_url(template: str, request_id: str) -> str:
-    """The callback URL of a request.
+def may_carry_key(url: str, own_url: str, *, development: bool) -> bool:
+    """Whether ``x-api-key`` may go to ``url``, given the URL ``CALLBACK_API_URL`` builds for the request.
 
-    A value holding ``{request_id}`` is a full template; any other value is the base to which
-    ``/{request_id}/callback`` is appended (the original service's meaning). The id is
-    percent-encoded as one path segment.
+    Only to that exact URL, never to another path on the same host; and outside development never
+    over plain ``http://`` except to a loopback host.
     """
-    encoded = quote(request_id, safe="")
-    if "{request_id}" in template:
-        return template.replace("{request_id}", encoded)
-    return f"{template.rstrip('/')}/{encoded}/callback"
-
-
-def same_host(url_a: str, url_b: str) -> bool:
-    """Whether two URLs name the same scheme, host and port (API keys only go to their own host)."""
-
-    def origin(url: str) -> tuple[str, str | None, int | None]:
-        parts = urlsplit(url)
-        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-
-    return origin(url_a) == origin(url_b)
+    return url == own_url and (development or not plain_http_off_machine(url))
 
 
 class GameClient:
-    """POSTs callbacks; never raises for transport trouble, which is an attempt like any other."""
+    """POSTs callbacks; never raises for transport trouble, which is an attempt like any other.
+
+    Redirects are never followed: requests would carry ``x-api-key``, the webhook headers and the
+    body to any ``Location`` (it strips only ``Authorization``), and turn a 302 into a GET whose
+    200 would look like a delivery. A 3xx is a failed attempt with its status code, like a 5xx.
+    """
 
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
         self.settings = settings
@@ -60,7 +55,7 @@ class GameClient:
         """Send one attempt of a callback with the given raw JSON body and headers."""
         headers = {"Content-Type": "application/json", **headers}
         try:
-            resp = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            resp = self.session.post(url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
             return DeliveryResult(status_code=None, error=type(exc).__name__)
         return DeliveryResult(

@@ -18,7 +18,7 @@ from rq import Queue
 
 from config import settings_from
 from i2v_app import create_app
-from jobs.store import ACTIVE_KEY, KEY_PREFIX
+from jobs.store import ACTIVE_KEY, KEY_PREFIX, TARGET_PREFIX
 
 PLAIN = "https://cdn.example.com/images/plane.jpg"
 OTHER = "https://cdn.example.com/images/boat.jpg"
@@ -254,15 +254,44 @@ def test_another_key_can_neither_see_nor_touch_a_request(secured, redis, setting
     assert queued(redis, settings) == 1
 
 
-def test_the_same_request_id_under_two_keys_is_two_requests(secured, redis, settings) -> None:
-    """One x-request-id under two keys: two 202s, two records, two jobs, each key sees its own image."""
-    assert submit(secured, "shared", PLAIN, key=KEY_A).status_code == 202
-    assert submit(secured, "shared", OTHER, key=KEY_B).status_code == 202
+def test_the_same_request_id_under_two_keys_at_two_callback_urls_is_two_requests(build, redis, settings) -> None:
+    """One x-request-id under two keys, called back at two URLs: two 202s, two records, two jobs."""
+    client = build(
+        I2V_AUTH_DISABLED="0", I2V_API_KEYS=API_KEYS, CALLBACK_URL_ALLOWLIST="hooks.example.com"
+    ).test_client()
+    assert submit(client, "shared", PLAIN, key=KEY_A).status_code == 202
+    own_url = {"image_id": OTHER, "callback_url": "https://hooks.example.com/cb"}
+    resp = client.post(SUBMIT, json=own_url, headers={"x-request-id": "shared", **bearer(KEY_B)})
+    assert resp.status_code == 202, resp.get_json()
     assert len(records(redis)) == 2
     queue = Queue(settings.queue_name, connection=redis)
     assert len(set(queue.job_ids)) == 2
-    assert secured.get("/api/v1/i2v/shared", headers=bearer(KEY_A)).get_json()["image_url"] == PLAIN
-    assert secured.get("/api/v1/i2v/shared", headers=bearer(KEY_B)).get_json()["image_url"] == OTHER
+    assert client.get("/api/v1/i2v/shared", headers=bearer(KEY_A)).get_json()["image_url"] == PLAIN
+    assert client.get("/api/v1/i2v/shared", headers=bearer(KEY_B)).get_json()["image_url"] == OTHER
+
+
+def test_a_request_id_at_a_callback_url_belongs_to_one_key(build, redis, settings) -> None:
+    """Key B cannot take key A's id at A's callback URL (409, revealing nothing else) until A's record is gone."""
+    client = build(I2V_AUTH_DISABLED="0", I2V_API_KEYS=API_KEYS, CALLBACK_URL_ALLOWLIST="127.0.0.1").test_client()
+    assert submit(client, "game-42", PLAIN, key=KEY_A).status_code == 202
+    same_url = {"image_id": OTHER, "callback_url": settings.callback_api_url + "/game-42/callback"}
+    for resp in (
+        submit(client, "game-42", OTHER, key=KEY_B),
+        submit(client, "game-42", PLAIN, key=KEY_C),
+        client.post(SUBMIT, json=same_url, headers={"x-request-id": "game-42", **bearer(KEY_B)}),
+    ):
+        problem = assert_problem(resp, 409)
+        assert problem["detail"] == "Request id 'game-42' is already in use at this callback URL"
+    assert len(records(redis)) == 1
+    assert queued(redis, settings) == 1
+    assert_problem(client.delete("/api/v1/i2v/game-42", headers=bearer(KEY_B)), 404)
+    assert submit(client, "game-42", PLAIN, key=KEY_A).status_code == 200
+    claims = redis.keys(TARGET_PREFIX + "*")
+    assert len(claims) == 1
+    assert 0 < redis.ttl(claims[0]) <= settings.record_ttl
+    # The claim lives as long as the record: once A's record is gone, the id is free at that URL.
+    redis.delete(*records(redis))
+    assert submit(client, "game-42", OTHER, key=KEY_B).status_code == 202
 
 
 # --- One error shape --------------------------------------------------------------------------------
@@ -535,7 +564,7 @@ def test_rate_limit_is_per_key_with_retry_after(build, redis, settings) -> None:
     assert body["request_id"] == "rl-4"
     assert 1 <= retry_after(limited) <= 60
     assert_problem(web1.get("/api/v1/i2v/rl-1", headers=bearer(KEY_A)), 429)
-    assert submit(web1, "rl-1", key=KEY_B).status_code == 202
+    assert submit(web1, "rl-b1", key=KEY_B).status_code == 202
     assert len(records(redis)) == 4
     assert queued(redis, settings) == 4
 
@@ -689,6 +718,9 @@ HOSTILE = [
     header_case("é", "latin-1"),
     header_case("请求-1", "utf-8"),
     header_case("😀", "emoji"),
+    header_case(".", "dot-segment"),
+    header_case("..", "dot-dot-segment"),
+    header_case("...", "only-dots"),
     header_case("../../etc/passwd", "path-traversal"),
     header_case("..%2F..%2Fetc", "percent-2F"),
     header_case("a/b", "slash"),

@@ -1,12 +1,22 @@
-"""The request store's one-round-trip create: RQ's own job, and a connection that recovers."""
+"""The request store's one-round-trip create: RQ's own job, target claims, and a connection that recovers."""
 
 from __future__ import annotations
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from jobs.store import PIPELINE_JOB, Record, RequestStore, enqueue_pipeline, job_id_for, pipeline_job
+from jobs.store import (
+    PIPELINE_JOB,
+    Record,
+    RequestStore,
+    TargetInUse,
+    enqueue_pipeline,
+    job_id_for,
+    pipeline_job,
+    target_claim_key,
+)
 
 TIMESTAMPS = {b"created_at", b"enqueued_at"}
 
@@ -69,3 +79,27 @@ def test_a_repeated_id_writes_nothing(redis: Redis) -> None:
     assert not outcome.created
     assert outcome.record.image_url == record.image_url
     assert len(queue) == 1
+
+
+def claimed(owner: str, request_id: str = "game-1") -> Record:
+    target = "https://game.example/requests/game-1/callback"
+    claim = target_claim_key(target, request_id)
+    return Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg", owner=owner, target_claim=claim)
+
+
+def test_a_target_claim_is_written_with_the_record_and_lives_as_long(redis: Redis) -> None:
+    """The claim is taken atomically with the record, refused to another owner, and refreshed with the record."""
+    queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
+    mine = claimed("key-1")
+    assert store.create(mine, pipeline_job(queue, mine, 900), queue=queue, max_queued=100).created
+    assert redis.get(mine.target_claim) == mine.key.encode()
+    theirs = claimed("key-2")
+    with pytest.raises(TargetInUse):
+        store.create(theirs, pipeline_job(queue, theirs, 900), queue=queue, max_queued=100)
+    assert len(queue) == 1 and not redis.exists(theirs.key)
+
+    redis.expire(mine.key, 50)
+    redis.expire(mine.target_claim, 50)
+    store.update(mine.key, stage="delivering")
+    assert redis.ttl(mine.key) > 3000
+    assert redis.ttl(mine.target_claim) > 3000

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from jobs.clients.game import callback_url, same_host
-from jobs.delivery import callback_payload, sign
+from config import settings_from
+from jobs.clients.game import callback_url
+from jobs.delivery import callback_payload, delivery_target, sign
 from jobs.store import Record
 from tests.helpers import completed_callback
 
@@ -30,12 +33,64 @@ def test_callback_url_base_and_template_forms(setting: str, request_id: str, url
     assert callback_url(setting, request_id) == url
 
 
-def test_same_host_compares_scheme_host_and_port() -> None:
-    assert same_host("https://a.io/x", "https://A.io:443/y")
-    assert not same_host("https://a.io/x", "https://a.io:8443/y")
-    assert same_host("https://a.io/x", "https://a.io/y")
-    assert not same_host("https://a.io/x", "https://b.io/x")
-    assert not same_host("http://a.io/x", "https://a.io/x")
+@pytest.mark.parametrize("request_id", [".", "..", "...", ""])
+def test_callback_url_refuses_ids_that_are_dot_segments(request_id: str) -> None:
+    """``..`` would turn ``/requests/../callback`` into ``/callback`` on GAME's host."""
+    with pytest.raises(ValueError, match="path segment"):
+        callback_url("https://h/requests", request_id)
+    with pytest.raises(ValueError, match="path segment"):
+        callback_url("https://h/hooks/{request_id}", request_id)
+
+
+def target(callback_api_url: str, record_url: str | None = None, **env: str) -> tuple[str, dict[str, str]]:
+    """Where delivery sends a callback of request ``r-1``, and its headers."""
+    settings = settings_from({"GAME_API_KEY": "k", "CALLBACK_API_URL": callback_api_url, **env})
+    record = Record(request_id="r-1", image_url="u", status="failed", callback_url=record_url)
+    return delivery_target(SimpleNamespace(settings=settings), record)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "record_url",
+    [
+        pytest.param("https://game.example/requests/other/callback", id="other-request-same-host"),
+        pytest.param("https://game.example/callback", id="other-path-same-host"),
+        pytest.param("https://game.example/requests/r-1/callback?x=1", id="same-path-with-query"),
+        pytest.param("https://hooks.example/requests/r-1/callback", id="other-host"),
+    ],
+)
+def test_the_game_key_goes_only_to_the_exact_callback_url(record_url: str) -> None:
+    """A per-request URL gets no ``x-api-key``, even on GAME's host; the request's own URL does."""
+    url, headers = target("https://game.example/requests", record_url)
+    assert url == record_url
+    assert "x-api-key" not in headers
+    url, headers = target("https://game.example/requests")
+    assert url == "https://game.example/requests/r-1/callback"
+    assert headers["x-api-key"] == "k"
+
+
+@pytest.mark.parametrize(
+    ("callback_api_url", "env", "sent"),
+    [
+        pytest.param("http://game.example/requests", "development", True, id="dev-http"),
+        pytest.param("http://127.0.0.1:9/requests", "production", True, id="prod-http-loopback-v4"),
+        pytest.param("http://[::1]:9/requests", "production", True, id="prod-http-loopback-v6"),
+        pytest.param("http://localhost:9/requests", "production", True, id="prod-http-localhost"),
+        pytest.param("https://game.example/requests", "production", True, id="prod-https"),
+    ],
+)
+def test_plain_http_carries_the_key_only_to_loopback_outside_development(callback_api_url, env, sent) -> None:
+    _, headers = target(callback_api_url, I2V_ENV=env)
+    assert ("x-api-key" in headers) is sent
+
+
+def test_production_never_sends_the_key_over_plain_http_to_another_machine() -> None:
+    """Settings that slipped past the start-up check still never put the key on plain http."""
+    settings = settings_from({"GAME_API_KEY": "k", "CALLBACK_API_URL": "https://game.example/requests"})
+    settings = dataclasses.replace(settings, callback_api_url="http://game.example/requests")
+    record = Record(request_id="r-1", image_url="u", status="failed")
+    url, headers = delivery_target(SimpleNamespace(settings=settings), record)  # type: ignore[arg-type]
+    assert url == "http://game.example/requests/r-1/callback"
+    assert "x-api-key" not in headers
 
 
 def test_success_and_failure_payloads_match_the_contract() -> None:

@@ -54,6 +54,27 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
         settings_from({name: value})
 
 
+@pytest.mark.parametrize(
+    ("url", "env", "accepted"),
+    [
+        ("http://game.example/requests", "production", False),
+        ("http://10.0.0.5/requests", "production", False),
+        ("http://game.example/requests", "development", True),
+        ("http://127.0.0.1:8000/requests", "production", True),
+        ("http://localhost:8000/requests", "production", True),
+        ("https://game.example/requests", "production", True),
+    ],
+)
+def test_production_callbacks_use_https_except_to_loopback(url: str, env: str, accepted: bool) -> None:
+    """Every callback carries GAME_API_KEY, so production refuses plain http off this machine."""
+    given = {"CALLBACK_API_URL": url, "I2V_ENV": env}
+    if accepted:
+        assert settings_from(given).callback_api_url == url
+    else:
+        with pytest.raises(ConfigError, match="CALLBACK_API_URL must be https"):
+            settings_from(given)
+
+
 def test_signing_secret_is_validated_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as info:
         settings_from({"CALLBACK_SIGNING_SECRET": "not-a-secret-value"})
