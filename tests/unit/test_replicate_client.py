@@ -44,7 +44,9 @@ def test_the_rate_limit_wait_comes_from_the_detail_when_no_retry_after_is_sent(f
 
 
 def test_a_retry_after_header_wins_over_the_detail(fake: FakeReplicate) -> None:
-    fake.add_fault("create", Fault.throttled(retry_after=7))
+    detail = "Request was throttled. Your rate limit resets in ~30s."
+    body = {"type": "about:blank", "title": "Request was throttled", "status": 429, "detail": detail}
+    fake.add_fault("create", Fault.throttled(retry_after=7, body=body))
 
     with pytest.raises(TransientError) as excinfo:
         captioner(fake).create(IMAGE)
