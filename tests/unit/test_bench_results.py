@@ -60,3 +60,25 @@ def test_git_state_reports_the_commit_and_whether_the_tree_is_clean(tmp_path: Pa
     (tmp_path / "new.txt").write_text("untracked\n")
     assert stamp.git_state(tmp_path) == (head, "dirty")
     assert stamp.git_state(tmp_path / "nowhere") == (stamp.UNKNOWN, stamp.UNKNOWN)
+
+
+def test_python_m_bench_writes_its_results_stamped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import bench.__main__ as cli
+
+    def fake_part(name: str, quick: bool, workers: tuple[int, ...] | None = None) -> cli.Section:
+        return cli.Section(name, "| measure | value |\n|---|---|\n| lag | 1 s |", [("lag", "≤ 2 s", "1 s", True)])
+
+    monkeypatch.setattr(cli, "run_part", fake_part)
+    monkeypatch.setattr(cli.common, "machine_info", lambda: {"cores": "2"})
+    monkeypatch.setattr(cli.common, "stop_everything", lambda: None)
+    monkeypatch.setattr(cli.common, "OUT_DIR", tmp_path / "out")
+    monkeypatch.setattr(cli.signal, "signal", lambda *_args: None)
+    out = tmp_path / "RESULTS.md"
+
+    assert cli.main(["--only", "lag", "--out", str(out)]) == 0
+
+    text = out.read_text()
+    assert stamp.problems(text) == []
+    found, body = stamp.read(text)
+    assert found is not None and found.commit == stamp.git_state()[0]
+    assert body.startswith("# i2v benchmark results") and "| lag | 1 s |" in body
