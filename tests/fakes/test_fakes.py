@@ -441,10 +441,9 @@ def test_replicate_enforces_its_rate_limits_per_window() -> None:
 
 
 def test_replicate_removes_input_and_output_after_the_retention() -> None:
-    with FakeReplicate(duration=0.05, retention=0.3) as fake:
+    with FakeReplicate(duration=0.05, retention=1.0) as fake:
         prediction = client_for(fake).predictions.create(version=CLIP_VERSION, input=CLIP_INPUT)
-        done = wait_for(lambda: fake.prediction(prediction.id)["status"] == "succeeded", timeout=3)
-        assert done
+        wait_for(lambda: fake.prediction(prediction.id)["status"] == "succeeded", timeout=3)
         fresh = fake.prediction(prediction.id)
         assert (fresh["output"], fresh["input"], fresh["data_removed"]) == (DEFAULT_CAPTION, CLIP_INPUT, False)
 
