@@ -442,9 +442,11 @@ class FakeReplicate(FakeServer):
         return json_response(status, body, {"Content-Type": "application/problem+json", **(headers or {})})
 
     def fault_response(self, route_name: str | None, fault: Fault) -> Response:
-        """A 429 fault without a body is upstream's throttle answer, resetting in ``Retry-After``
-        seconds (1 if the fault gives none); the header itself is sent only if the fault has it,
-        since the contract documents only the detail."""
+        """A 429 fault without a body is upstream's throttle answer.
+
+        Its detail says the limit resets in the fault's ``Retry-After`` seconds (1 if it gives none);
+        the header itself is sent only if the fault has one, since the contract documents only the detail.
+        """
         if fault.status == 429 and fault.body is None:
             retry_after = fault.headers.get("Retry-After") or fault.headers.get("retry-after") or "1"
             try:
@@ -677,7 +679,7 @@ class FakeReplicate(FakeServer):
                 "predict_time": round(max(0.0, completed - started), 6),
                 "total_time": round(completed - pred.created, 6),
             }
-        # Upstream deletes inputs and outputs an hour after the end; the URL of a video is gone too.
+        # Upstream deletes inputs and outputs an hour after the end (its file URLs stop working too).
         removed = completed is not None and force_status is None and now >= completed + self.retention
         if removed:
             output, logs = None, ""
