@@ -461,6 +461,10 @@ def test_replicate_refuses_non_json_creates_and_unknown_webhook_events(fake_repl
     raw = json.dumps({"version": CLIP_VERSION, "input": CLIP_INPUT})
 
     form = requests.post(url, data=raw, headers={**auth, "Content-Type": "text/plain"}, timeout=5)
+    model_url = f"{fake_replicate.url}/v1/models/pharmapsychotic/clip-interrogator/predictions"
+    form_for_model = requests.post(
+        model_url, data=json.dumps({"input": CLIP_INPUT}), headers={**auth, "Content-Type": "text/plain"}, timeout=5
+    )
     events = requests.post(
         url,
         json={
@@ -473,7 +477,7 @@ def test_replicate_refuses_non_json_creates_and_unknown_webhook_events(fake_repl
         timeout=5,
     )
 
-    assert (form.status_code, events.status_code) == (415, 422)
+    assert (form.status_code, form_for_model.status_code, events.status_code) == (415, 415, 422)
     assert events.json()["invalid_fields"][0]["field"] == "webhook_events_filter"
     assert fake_replicate.creates == []
 
