@@ -6,7 +6,8 @@
     python -m bench --only capacity --workers 100   # capacity at chosen pool sizes
 
 A full run of everything writes ``bench/RESULTS.md``; ``--quick``, ``--only`` and ``--workers`` write under
-``bench/out/`` unless ``--out`` says otherwise, so they never overwrite the full results.
+``bench/out/`` unless ``--out`` says otherwise, so they never overwrite the full results. Every results
+file starts with a stamp (commit, clean tree or not, digest of the rest; see ``bench/stamp.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import common
+from bench import common, stamp
 from bench.common import Section, table, verdict
 
 PARTS = ("ingest", "lag", "capacity")
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     common.OUT_DIR.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    # The numbers belong to the code as it was when the run began.
+    commit, tree = stamp.git_state()
     machine = common.machine_info()
     sections: list[Section] = []
     try:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         common.stop_everything()
     text = render(sections, machine, args.quick, parts, time.monotonic() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(stamp.stamped(text, commit, tree))
     raw = {s.title: s.data for s in sections}
     (common.OUT_DIR / f"{args.out.stem}.json").write_text(json.dumps(raw, indent=1, default=str))
     print(f"bench: wrote {args.out.relative_to(common.ROOT) if args.out.is_relative_to(common.ROOT) else args.out}")

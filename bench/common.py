@@ -134,23 +134,8 @@ def machine_info(redis_version: str = "") -> dict[str, str]:
         "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit:
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
-        changed = len(dirty.splitlines()) if dirty else 0
-        info["commit"] = commit + (f" (+{changed} modified tracked files)" if changed else "")
+    # The commit and the state of the tree are in the stamp on the file's first line (bench/stamp.py).
     return info
-
-
-def _git(*args: str) -> str:
-    git = shutil.which("git")
-    if git is None:
-        return ""
-    try:
-        done = subprocess.run([git, *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def redis_server_version() -> str:

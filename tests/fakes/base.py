@@ -310,7 +310,7 @@ class FakeServer:
     """Base of the fakes: a real HTTP server on 127.0.0.1 with named routes.
 
     Subclasses implement :meth:`routes` and may override :meth:`authorized`,
-    :meth:`unauthorized_response`, :meth:`error_response`, :meth:`fault_response`,
+    :meth:`unauthorized_response`, :meth:`admit`, :meth:`error_response`, :meth:`fault_response`,
     :meth:`malformed_response` and :meth:`reset_state`.
     """
 
@@ -450,6 +450,10 @@ class FakeServer:
         """The answer to a request with a wrong or missing credential."""
         return self.error_response(401, "Unauthorized")
 
+    def admit(self, req: Recorded, route_name: str) -> Response | None:
+        """An answer that refuses an authorized request before its handler runs (a rate limit), or None."""
+        return None
+
     def error_response(self, status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
         """An error answer in this provider's style."""
         return json_response(status, {"error": detail}, headers)
@@ -545,12 +549,21 @@ class FakeServer:
             return self.error_response(404, "Not Found")
         if not self.authorized(rec):
             return self.unauthorized_response(rec)
+        refused = self.admit(rec, matched.name)
+        if refused is not None:
+            return refused
         try:
             return matched.handler(rec, match)
         except Exception:  # a bug in a fake must show up as a 500 and in .errors
             with self.lock:
                 self._errors.append(traceback.format_exc())
             return self.error_response(500, "Internal Server Error (fake)")
+
+
+def is_json_content_type(req: Recorded) -> bool:
+    """Whether the request says its body is JSON (``application/json`` or an ``application/*+json`` type)."""
+    media_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def bearer_token(req: Recorded) -> str | None:

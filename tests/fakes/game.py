@@ -11,11 +11,21 @@ import hashlib
 import hmac
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from .base import FakeServer, Headers, Recorded, Response, Route, json_response, route, wait_for
+from .base import (
+    FakeServer,
+    Headers,
+    Recorded,
+    Response,
+    Route,
+    is_json_content_type,
+    json_response,
+    route,
+    wait_for,
+)
 
 CALLBACK_PATTERNS = (r"/requests/(?P<request_id>[^/]+)/callback", r"/hooks/(?P<request_id>[^/]+)")
 SIGNATURE_TOLERANCE = 300  # seconds, per Standard Webhooks
@@ -23,7 +33,7 @@ SIGNATURE_TOLERANCE = 300  # seconds, per Standard Webhooks
 
 @dataclass
 class Callback:
-    """One callback the receiver accepted (or, in ``rejected``, refused for its key)."""
+    """One callback the receiver accepted (or refused: for its key in ``rejected``, else in ``refused``)."""
 
     request_id: str
     path: str
@@ -32,6 +42,8 @@ class Callback:
     body: bytes
     at: float
     signature_valid: bool | None = None  # None: the fake was given no signing secret
+    #: Why the receiver refused it (content type or body); empty for an accepted callback.
+    refusal: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str | None:
@@ -122,6 +134,9 @@ class FakeGame(FakeServer):
     Args:
         api_key: the ``x-api-key`` value the receiver accepts.
         require_key: answer 401 to a wrong or missing key (those go to ``rejected``).
+        check_body: answer 415 to a body not sent as ``application/json``, 400 to one that is not
+            JSON and 422 to JSON that is not the contract's success or failure shape (those go to
+            ``refused``). Off only where the fake stands in for some other webhook receiver.
         signing_secret: if given, each callback's ``signature_valid`` tells whether its Standard
             Webhooks signature checks out (the answer does not depend on it).
         extra_patterns: more path regexes with a ``request_id`` group to accept.
@@ -132,25 +147,29 @@ class FakeGame(FakeServer):
         api_key: str = "game_test",
         *,
         require_key: bool = True,
+        check_body: bool = True,
         signing_secret: str | None = None,
         extra_patterns: tuple[str, ...] = (),
     ) -> None:
         self.api_key = api_key
         self.require_key = require_key
+        self.check_body = check_body
         self.signing_secret = signing_secret
         self._patterns = (*CALLBACK_PATTERNS, *extra_patterns)
         super().__init__()
-        self._defaults = {"require_key": require_key, "signing_secret": signing_secret}
+        self._defaults = {"require_key": require_key, "check_body": check_body, "signing_secret": signing_secret}
         self.reset_state()
 
     def reset_state(self) -> None:
         """Forget callbacks; restore constructor configuration."""
         with self.lock:
             self.require_key = self._defaults["require_key"]
+            self.check_body = self._defaults["check_body"]
             self.signing_secret = self._defaults["signing_secret"]
             self.reply: dict[str, Any] = {"ok": True}
             self._callbacks: list[Callback] = []
             self._rejected: list[Callback] = []
+            self._refused: list[Callback] = []
 
     def callback_url_base(self) -> str:
         """The base form of the callback setting: ``{url}/requests``."""
@@ -171,6 +190,12 @@ class FakeGame(FakeServer):
         """Callbacks refused for a wrong or missing API key."""
         with self.lock:
             return list(self._rejected)
+
+    @property
+    def refused(self) -> list[Callback]:
+        """Callbacks with the right key refused for their content type or body (see ``refusal``)."""
+        with self.lock:
+            return list(self._refused)
 
     def callbacks_for(self, request_id: str) -> list[Callback]:
         """Accepted callbacks of one request id."""
@@ -214,9 +239,26 @@ class FakeGame(FakeServer):
             with self.lock:
                 self._rejected.append(cb)
             return self.unauthorized_response(req)
+        refusal = self._refusal(req) if self.check_body else None
+        if refusal is not None:
+            status, cb.refusal = refusal
+            with self.lock:
+                self._refused.append(cb)
+            return json_response(status, {"error": "; ".join(cb.refusal)})
         if req.json is None:
             return json_response(400, {"error": "Body must be JSON"})
         with self.lock:
             self._callbacks.append(cb)
             reply = self.reply
         return json_response(200, reply)
+
+    @staticmethod
+    def _refusal(req: Recorded) -> tuple[int, list[str]] | None:
+        """The status and reasons to refuse a callback with, or None to accept it."""
+        if not is_json_content_type(req):
+            given = req.headers.get("content-type") or "none"
+            return 415, [f"Content-Type must be application/json, got {given}"]
+        if req.json is None:
+            return 400, ["body must be JSON"]
+        problems = payload_problems(req.json)
+        return (422, problems) if problems else None

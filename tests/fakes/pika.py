@@ -14,7 +14,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .base import FakeServer, Fault, Recorded, Response, Route, bearer_token, iso, json_response, route
+from .base import (
+    FakeServer,
+    Fault,
+    Recorded,
+    Response,
+    Route,
+    bearer_token,
+    is_json_content_type,
+    iso,
+    json_response,
+    route,
+)
 
 Outcome = Literal["finished", "failed", "error", "never"]
 OUTCOMES: tuple[str, ...] = ("finished", "failed", "error", "never")
@@ -283,7 +294,12 @@ class FakePika(FakeServer):
 
     def _generate(self, req: Recorded, _m: re.Match[str]) -> Response:
         body = req.json
-        problems = ["body is not valid JSON"] if body is None and req.body else generation_problems(body)
+        if not is_json_content_type(req):
+            problems = [f"Content-Type must be application/json, got {req.headers.get('content-type') or 'none'}"]
+        elif body is None and req.body:
+            problems = ["body is not valid JSON"]
+        else:
+            problems = generation_problems(body)
         if problems:
             with self.lock:
                 self._rejected.append((body, problems))

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import random
 import re
 import threading
@@ -29,6 +30,7 @@ from .base import (
     Response,
     Route,
     bearer_token,
+    is_json_content_type,
     iso,
     json_response,
     reason,
@@ -46,6 +48,12 @@ CLIP_MODEL_ID = f"{CLIP_OWNER}/{CLIP_NAME}:{CLIP_VERSION}"
 DEFAULT_CAPTION = "a plane flying over the sea, highly detailed"
 DEFAULT_ERROR = "some model error"
 THROTTLED_DETAIL = "Request was throttled. Your rate limit resets in ~{seconds}s."
+#: Upstream limits: creates a minute, and every other call a minute.
+CREATE_LIMIT = 600
+OTHER_LIMIT = 3000
+#: Seconds after a prediction finishes until upstream deletes its input and output.
+RETENTION = 3600.0
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?:$|[,;\s])", re.IGNORECASE)
 _URI = re.compile(r"^(https?://[^\s/]+|data:)")
@@ -231,6 +239,12 @@ class FakeReplicate(FakeServer):
         models: model versions to know besides nothing; default: CLIP Interrogator only.
         deliver_webhooks: POST the final prediction to a create's ``webhook`` (local URLs only).
         webhook_secret: ``whsec_...`` secret to sign those deliveries with (Standard Webhooks).
+        retention: seconds after a prediction finished until its input and output are removed
+            (``data_removed`` true), as upstream does after an hour; tests shrink it.
+        create_limit: creates allowed per ``limit_window`` (``None``: unlimited); beyond it a create
+            gets a 429 whose detail says when the window resets.
+        other_limit: every other call allowed per ``limit_window`` (``None``: unlimited).
+        limit_window: length in seconds of the rate-limit windows (a minute upstream).
     """
 
     def __init__(
@@ -246,6 +260,10 @@ class FakeReplicate(FakeServer):
         models: list[ModelSpec] | None = None,
         deliver_webhooks: bool = False,
         webhook_secret: str | None = None,
+        retention: float = RETENTION,
+        create_limit: int | None = CREATE_LIMIT,
+        other_limit: int | None = OTHER_LIMIT,
+        limit_window: float = 60.0,
     ) -> None:
         self.token = token
         self._defaults = {
@@ -257,6 +275,10 @@ class FakeReplicate(FakeServer):
             "max_wait": max_wait,
             "deliver_webhooks": deliver_webhooks,
             "webhook_secret": webhook_secret,
+            "retention": retention,
+            "create_limit": create_limit,
+            "other_limit": other_limit,
+            "limit_window": limit_window,
         }
         self._initial_models = list(models) if models is not None else [CLIP_INTERROGATOR]
         super().__init__()
@@ -279,6 +301,11 @@ class FakeReplicate(FakeServer):
             self.max_wait: float = self._defaults["max_wait"]
             self.deliver_webhooks: bool = self._defaults["deliver_webhooks"]
             self.webhook_secret: str | None = self._defaults["webhook_secret"]
+            self.retention: float = self._defaults["retention"]
+            self.create_limit: int | None = self._defaults["create_limit"]
+            self.other_limit: int | None = self._defaults["other_limit"]
+            self.limit_window: float = self._defaults["limit_window"]
+            self._windows: dict[str, tuple[float, int]] = {}  # bucket -> (window start, calls in it)
             self.models: dict[str, ModelSpec] = {m.version: m for m in self._initial_models}
             self._preds: dict[str, _Prediction] = {}
             self._plans: deque[Plan] = deque()
@@ -368,13 +395,30 @@ class FakeReplicate(FakeServer):
         ]
 
     def authorized(self, req: Recorded) -> bool:
-        """Bearer token (``Token`` is Replicate's legacy scheme, still accepted upstream)."""
-        value = req.headers.get("authorization") or ""
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() == "token":
-            return hmac.compare_digest(token.strip().encode(), self.token.encode())
-        token_ = bearer_token(req)
-        return token_ is not None and hmac.compare_digest(token_.encode(), self.token.encode())
+        """``Authorization: Bearer <token>``, the only scheme the contract names."""
+        token = bearer_token(req)
+        return token is not None and hmac.compare_digest(token.encode(), self.token.encode())
+
+    def admit(self, req: Recorded, route_name: str) -> Response | None:
+        """Count the call against its minute; past the limit, the contract's 429."""
+        bucket = "create" if route_name == "create" else "other"
+        limit = self.create_limit if bucket == "create" else self.other_limit
+        if limit is None:
+            return None
+        now = time.monotonic()
+        with self.lock:
+            start, count = self._windows.get(bucket, (now, 0))
+            if now - start >= self.limit_window:
+                start, count = now, 0
+            if count >= limit:
+                return self.throttled(start + self.limit_window - now)
+            self._windows[bucket] = (start, count + 1)
+        return None
+
+    def throttled(self, resets_in: float, headers: dict[str, str] | None = None) -> Response:
+        """A 429 as upstream sends it: problem JSON whose detail says when the limit resets."""
+        detail = THROTTLED_DETAIL.format(seconds=max(1, math.ceil(resets_in)))
+        return self.problem(429, detail, "Request was throttled", headers=headers)
 
     def unauthorized_response(self, req: Recorded) -> Response:
         """Replicate's 401."""
@@ -398,14 +442,18 @@ class FakeReplicate(FakeServer):
         return json_response(status, body, {"Content-Type": "application/problem+json", **(headers or {})})
 
     def fault_response(self, route_name: str | None, fault: Fault) -> Response:
-        """A 429 fault without a body gets Replicate's throttling detail and a ``Retry-After``."""
+        """A 429 fault without a body is upstream's throttle answer.
+
+        Its detail says the limit resets in the fault's ``Retry-After`` seconds (1 if it gives none);
+        the header itself is sent only if the fault has one, since the contract documents only the detail.
+        """
         if fault.status == 429 and fault.body is None:
             retry_after = fault.headers.get("Retry-After") or fault.headers.get("retry-after") or "1"
-            headers = {"Retry-After": retry_after, **fault.headers}
-            seconds = retry_after if retry_after.isdigit() else "30"
-            detail = THROTTLED_DETAIL.format(seconds=seconds)
-            body = {"detail": detail, "status": 429, "title": "Too Many Requests"}
-            return json_response(429, body, headers)
+            try:
+                resets_in = float(retry_after)
+            except ValueError:
+                resets_in = 30.0
+            return self.throttled(resets_in, dict(fault.headers))
         return super().fault_response(route_name, fault)
 
     def malformed_response(self, route_name: str | None, fault: Fault) -> Response:
@@ -418,6 +466,8 @@ class FakeReplicate(FakeServer):
 
     def _create(self, req: Recorded, _m: re.Match[str]) -> Response:
         body = req.json
+        if not is_json_content_type(req):
+            return self.problem(415, "Content-Type must be application/json", "Unsupported Media Type")
         if not isinstance(body, dict):
             return self.problem(400, "The request body is not a valid JSON object", "Bad Request")
         version = body.get("version")
@@ -434,6 +484,8 @@ class FakeReplicate(FakeServer):
 
     def _create_for_model(self, req: Recorded, m: re.Match[str]) -> Response:
         body = req.json
+        if not is_json_content_type(req):
+            return self.problem(415, "Content-Type must be application/json", "Unsupported Media Type")
         if not isinstance(body, dict):
             return self.problem(400, "The request body is not a valid JSON object", "Bad Request")
         spec = self._latest(f"{m['owner']}/{m['name']}")
@@ -451,6 +503,12 @@ class FakeReplicate(FakeServer):
         webhook = body.get("webhook")
         if webhook is not None and not (isinstance(webhook, str) and _URI.match(webhook)):
             return self._invalid([_field("invalid", "webhook", "webhook must be a URL")])
+        events = body.get("webhook_events_filter")
+        if events is not None and (
+            not isinstance(events, list) or not events or any(e not in WEBHOOK_EVENTS for e in events)
+        ):
+            allowed = ", ".join(WEBHOOK_EVENTS)
+            return self._invalid([_field("invalid", "webhook_events_filter", f"events must be among {allowed}")])
         wait = self._prefer_wait(req.headers.get("prefer"))
 
         with self.lock:
@@ -621,15 +679,19 @@ class FakeReplicate(FakeServer):
                 "predict_time": round(max(0.0, completed - started), 6),
                 "total_time": round(completed - pred.created, 6),
             }
+        # Upstream deletes inputs and outputs an hour after the end (its file URLs stop working too).
+        removed = completed is not None and force_status is None and now >= completed + self.retention
+        if removed:
+            output, logs = None, ""
         base = f"{self.url}/v1/predictions/{pred.id}"
         body: dict[str, Any] = {
             "id": pred.id,
             "model": pred.spec.ref,
             "version": pred.spec.version,
-            "input": pred.input,
+            "input": {} if removed else pred.input,
             "logs": logs,
             "output": output,
-            "data_removed": False,
+            "data_removed": removed,
             "error": error,
             "status": status,
             "source": "api",

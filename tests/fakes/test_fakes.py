@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,14 @@ IMAGE = "https://cdn.example.com/a.jpg"
 PARAMS = {"motion": 2, "guidanceScale": 16}
 CLIP_INPUT = {"image": IMAGE, "clip_model_name": "ViT-L-14/openai", "mode": "best"}
 TERMINAL = ("succeeded", "failed", "canceled")
+FAILED_CALLBACK = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
+COMPLETED_CALLBACK = {
+    "data": {
+        "addToInventory": True,
+        "status": "COMPLETED",
+        "output": {"title": "Plane fly", "type": "MEDIA", "category": "MARKETING_VIDEO", "url": "https://v/x.mp4"},
+    }
+}
 
 
 @pytest.fixture
@@ -315,7 +324,7 @@ def test_replicate_delivers_signed_webhooks_locally(fake_replicate: FakeReplicat
     secret = "whsec_" + base64.b64encode(b"s" * 24).decode()
     fake_replicate.deliver_webhooks = True
     fake_replicate.webhook_secret = secret
-    with FakeGame(require_key=False, signing_secret=secret) as game:
+    with FakeGame(require_key=False, check_body=False, signing_secret=secret) as game:
         client_for(fake_replicate).predictions.create(
             version=CLIP_VERSION,
             input=CLIP_INPUT,
@@ -336,11 +345,11 @@ def test_reset_fault_drops_the_connection(fake_game: FakeGame) -> None:
     url = f"{fake_game.url}/requests/r1/callback"
 
     with pytest.raises(requests.exceptions.ConnectionError):
-        requests.post(url, json={"data": {}}, headers={"x-api-key": "game_test"}, timeout=5)
+        requests.post(url, json=FAILED_CALLBACK, headers={"x-api-key": "game_test"}, timeout=5)
     assert len(fake_game.requests_for("callback")) == 1
     assert fake_game.callbacks == []
 
-    retried = requests.post(url, json={"data": {}}, headers={"x-api-key": "game_test"}, timeout=5)
+    retried = requests.post(url, json=FAILED_CALLBACK, headers={"x-api-key": "game_test"}, timeout=5)
     assert retried.status_code == 200
 
 
@@ -351,8 +360,8 @@ def test_delay_status_and_malformed_faults(fake_pika: FakePika, fake_game: FakeG
     headers = {"x-api-key": "game_test"}
 
     with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.post(url, json={}, headers=headers, timeout=0.1)
-    unavailable = requests.post(url, json={}, headers=headers, timeout=5)
+        requests.post(url, json=FAILED_CALLBACK, headers=headers, timeout=0.1)
+    unavailable = requests.post(url, json=FAILED_CALLBACK, headers=headers, timeout=5)
     assert (unavailable.status_code, unavailable.headers["Retry-After"]) == (503, "1")
 
     fake_pika.add_fault("job", Fault.garbage("invalid_json"))
@@ -376,3 +385,172 @@ def test_forever_faults_last_until_reset(fake_pika: FakePika) -> None:
     assert statuses == [500, 500, 500]
     assert fake_pika.requests == []
     assert requests.post(url, json=pika_body(), headers=pika_headers(), timeout=5).status_code == 200
+
+
+# -- strictness: each check below is one rule of the contracts that the fakes enforce -------------
+
+
+def test_replicate_accepts_only_bearer_tokens(fake_replicate: FakeReplicate) -> None:
+    url = f"{fake_replicate.url}/v1/predictions"
+    body = {"version": CLIP_VERSION, "input": CLIP_INPUT}
+
+    legacy = requests.post(url, json=body, headers={"Authorization": "Token r8_test"}, timeout=5)
+    bearer = requests.post(url, json=body, headers={"Authorization": "Bearer r8_test"}, timeout=5)
+
+    assert (legacy.status_code, bearer.status_code) == (401, 201)
+    assert len(fake_replicate.creates) == 1
+
+
+def test_replicate_throttle_fault_is_problem_json_with_the_reset_detail(fake_replicate: FakeReplicate) -> None:
+    fake_replicate.add_fault("create", Fault(status=429))
+    url = f"{fake_replicate.url}/v1/predictions"
+
+    resp = requests.post(
+        url, json={"version": CLIP_VERSION, "input": CLIP_INPUT}, headers={"Authorization": "Bearer r8_test"}, timeout=5
+    )
+
+    assert resp.status_code == 429
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert {"type", "title", "status", "detail"} <= resp.json().keys()
+    assert resp.json()["status"] == 429
+    assert "Your rate limit resets in ~1s." in resp.json()["detail"]
+    # The contract documents only the detail; a client must not need the header.
+    assert "Retry-After" not in resp.headers
+
+
+def test_replicate_enforces_its_rate_limits_per_window() -> None:
+    with FakeReplicate(duration=0.05, create_limit=2, other_limit=3, limit_window=30) as fake:
+        auth = {"Authorization": "Bearer r8_test"}
+        body = {"version": CLIP_VERSION, "input": CLIP_INPUT}
+        creates = [requests.post(f"{fake.url}/v1/predictions", json=body, headers=auth, timeout=5) for _ in range(3)]
+        pid = creates[0].json()["id"]
+        gets = [requests.get(f"{fake.url}/v1/predictions/{pid}", headers=auth, timeout=5) for _ in range(4)]
+
+        assert [r.status_code for r in creates] == [201, 201, 429]
+        assert [r.status_code for r in gets] == [200, 200, 200, 429]
+        for throttled in (creates[-1], gets[-1]):
+            assert throttled.headers["Content-Type"] == "application/problem+json"
+            seconds = re.search(r"resets in ~(\d+)s", throttled.json()["detail"])
+            assert seconds is not None and 1 <= int(seconds.group(1)) <= 30
+        assert len(fake.creates) == 2
+
+        fake.limit_window = 0.05
+        time.sleep(0.06)  # the window lapses; this wait is setup, not the assertion
+        again = requests.post(f"{fake.url}/v1/predictions", json=body, headers=auth, timeout=5)
+        assert again.status_code == 201
+
+
+def test_replicate_removes_input_and_output_after_the_retention() -> None:
+    with FakeReplicate(duration=0.05, retention=1.0) as fake:
+        prediction = client_for(fake).predictions.create(version=CLIP_VERSION, input=CLIP_INPUT)
+        wait_for(lambda: fake.prediction(prediction.id)["status"] == "succeeded", timeout=3)
+        fresh = fake.prediction(prediction.id)
+        assert (fresh["output"], fresh["input"], fresh["data_removed"]) == (DEFAULT_CAPTION, CLIP_INPUT, False)
+
+        wait_for(lambda: fake.prediction(prediction.id)["data_removed"], timeout=3)
+        prediction.reload()
+
+    assert prediction.status == "succeeded"
+    assert prediction.output is None
+    assert prediction.input == {}
+
+
+def test_replicate_refuses_non_json_creates_and_unknown_webhook_events(fake_replicate: FakeReplicate) -> None:
+    url = f"{fake_replicate.url}/v1/predictions"
+    auth = {"Authorization": "Bearer r8_test"}
+    raw = json.dumps({"version": CLIP_VERSION, "input": CLIP_INPUT})
+
+    form = requests.post(url, data=raw, headers={**auth, "Content-Type": "text/plain"}, timeout=5)
+    model_url = f"{fake_replicate.url}/v1/models/pharmapsychotic/clip-interrogator/predictions"
+    form_for_model = requests.post(
+        model_url, data=json.dumps({"input": CLIP_INPUT}), headers={**auth, "Content-Type": "text/plain"}, timeout=5
+    )
+    events = requests.post(
+        url,
+        json={
+            "version": CLIP_VERSION,
+            "input": CLIP_INPUT,
+            "webhook": "https://example.com/hook",
+            "webhook_events_filter": ["completed", "done"],
+        },
+        headers=auth,
+        timeout=5,
+    )
+
+    assert (form.status_code, form_for_model.status_code, events.status_code) == (415, 415, 422)
+    assert events.json()["invalid_fields"][0]["field"] == "webhook_events_filter"
+    assert fake_replicate.creates == []
+
+
+def test_pika_refuses_a_generate_not_sent_as_json(fake_pika: FakePika) -> None:
+    resp = requests.post(
+        f"{fake_pika.base_url}/generate",
+        data=json.dumps(pika_body()),
+        headers={**pika_headers(), "Content-Type": "text/plain"},
+        timeout=5,
+    )
+
+    assert resp.status_code == 400
+    assert fake_pika.generates == []
+    assert "Content-Type" in fake_pika.rejected_generates[0][1][0]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_game_refuses_a_callback_not_sent_as_json(fake_game: FakeGame, content_type: str | None) -> None:
+    headers = {"x-api-key": "game_test"}
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    resp = requests.post(
+        f"{fake_game.url}/requests/r1/callback", data=json.dumps(FAILED_CALLBACK), headers=headers, timeout=5
+    )
+
+    assert resp.status_code == 415
+    assert fake_game.callbacks == []
+    assert [c.request_id for c in fake_game.refused] == ["r1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"data": {}}, 422),
+        ({"ok": True}, 422),
+        ({"data": {**FAILED_CALLBACK["data"], "addToInventory": True}}, 422),
+        ({"data": {**COMPLETED_CALLBACK["data"], "output": None}}, 422),
+        (
+            {"data": {**COMPLETED_CALLBACK["data"], "output": {**COMPLETED_CALLBACK["data"]["output"], "type": "X"}}},
+            422,
+        ),
+        ({**FAILED_CALLBACK, "extra": 1}, 422),
+        ("not json {", 400),
+    ],
+    ids=[
+        "empty-data",
+        "other-object",
+        "failed-in-inventory",
+        "completed-no-output",
+        "wrong-type",
+        "extra-key",
+        "bad-json",
+    ],
+)
+def test_game_refuses_a_body_not_of_the_contract_shape(fake_game: FakeGame, body: Any, status: int) -> None:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    headers = {"x-api-key": "game_test", "Content-Type": "application/json"}
+
+    resp = requests.post(f"{fake_game.url}/requests/r1/callback", data=raw, headers=headers, timeout=5)
+
+    assert resp.status_code == status
+    assert fake_game.callbacks == []
+    (refused,) = fake_game.refused
+    assert refused.refusal
+
+
+def test_game_accepts_both_contract_shapes_with_a_json_charset(fake_game: FakeGame) -> None:
+    headers = {"x-api-key": "game_test", "Content-Type": "application/json; charset=utf-8"}
+    for body in (COMPLETED_CALLBACK, FAILED_CALLBACK):
+        resp = requests.post(f"{fake_game.url}/requests/r1/callback", data=json.dumps(body), headers=headers, timeout=5)
+        assert resp.status_code == 200
+
+    assert [c.status for c in fake_game.callbacks] == ["COMPLETED", "FAILED"]
+    assert fake_game.refused == []

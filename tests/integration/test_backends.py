@@ -210,6 +210,26 @@ def test_replicate_video_is_copied_into_the_media_store(service, fakes, files: F
     assert fake_pika.requests == []
 
 
+def test_the_kept_video_outlives_replicate_removing_its_output(service, fakes, files: FileServer, wan: str) -> None:
+    """Replicate deletes outputs an hour after the end (here: 2 s); the callback's URL still serves the video."""
+    fake_replicate, _, fake_game = fakes
+    fake_replicate.retention = 2.0
+    client = replicate_video(service)
+    image = files.put("/green.png", image_bytes((200, 200), (40, 200, 80)), "image/png")
+    submit(client, "rep-removed", image)
+    record = settled(client, "rep-removed")
+    assert record["status"] == "completed", record
+    original = files.entries["/provider/output.mp4"].body
+
+    prediction_id = record["provider"]["job_id"]
+    wait_for(lambda: fake_replicate.prediction(prediction_id)["data_removed"], timeout=15, what="the output removed")
+    files.error("/provider/output.mp4", 404)
+
+    assert fake_replicate.prediction(prediction_id)["output"] is None
+    data = only_callback(fake_game, "rep-removed")
+    assert served_video(client, data["output"]["url"]) == original
+
+
 def test_failed_replicate_video_is_generation_failed(service, fakes, files: FileServer, wan: str) -> None:
     """A failed video prediction ends the request with generation_failed and one FAILED callback."""
     fake_replicate, _, fake_game = fakes
