@@ -64,7 +64,7 @@ DENIED = [
     pytest.param("http://[::1]:8080/", ADDRESS, id="v6-loopback-port"),
     pytest.param("http://[::]/", ADDRESS, id="v6-unspecified"),
     pytest.param("http://[fe80::1]/", ADDRESS, id="v6-link-local"),
-    pytest.param("http://[fe80::1%25eth0]/", ADDRESS, id="v6-link-local-zone"),
+    pytest.param("http://[fe80::1%25eth0]/", "%", id="v6-link-local-zone"),
     pytest.param("http://[fc00::1]/", ADDRESS, id="v6-ula-fc"),
     pytest.param("http://[fd00::1]/", ADDRESS, id="v6-ula-fd"),
     pytest.param("http://[ff02::1]/", ADDRESS, id="v6-multicast"),
@@ -96,13 +96,13 @@ DENIED = [
     pytest.param("http://0x7f.1/", ADDRESS, id="short-hex-loopback"),
     pytest.param("http://0/", ADDRESS, id="zero"),
     pytest.param("http://127.0.0.1./", ADDRESS, id="loopback-trailing-dot"),
-    # Unicode notations a resolver (IDNA / NFKC) turns into the same addresses and names.
-    pytest.param("http://\u2460\u2461\u2466.0.0.1/", ADDRESS, id="enclosed-digits"),
+    # Unicode notations IDNA 2003 (NFKC) folds into addresses and names: not IDNA 2008, so refused.
+    pytest.param("http://\u2460\u2461\u2466.0.0.1/", "idna", id="enclosed-digits"),
     pytest.param(
-        f"http://{fullwidth('127')}.{fullwidth('0')}.{fullwidth('0')}.{fullwidth('1')}/", ADDRESS, id="fullwidth-digits"
+        f"http://{fullwidth('127')}.{fullwidth('0')}.{fullwidth('0')}.{fullwidth('1')}/", "idna", id="fullwidth-digits"
     ),
-    pytest.param("http://127.0.0.1\u3002/", ADDRESS, id="ideographic-dot"),
-    pytest.param(f"http://metadata.google.{fullwidth('internal')}/", "local", id="fullwidth-internal"),
+    pytest.param("http://127.0.0.1\u3002/", "idna", id="ideographic-dot"),
+    pytest.param(f"http://metadata.google.{fullwidth('internal')}/", "idna", id="fullwidth-internal"),
     # Names that mean this machine or this network.
     pytest.param("http://localhost/", "local", id="localhost"),
     pytest.param("http://LOCALHOST/", "local", id="localhost-upper"),
