@@ -126,24 +126,27 @@ class MediaStore:
         return removed
 
 
-class _RedisAppender(io.RawIOBase):
-    """Writes into a Redis string by ``APPEND``, in chunks of up to ``REDIS_CHUNK`` bytes."""
+class _RedisAppender:
+    """Writes into a Redis string by ``APPEND``, in chunks of up to ``REDIS_CHUNK`` bytes.
+
+    Not an ``io`` class on purpose: those flush when garbage-collected, which would write the
+    rest of a failed copy back under the temporary key after it was deleted.
+    """
 
     def __init__(self, redis: Redis, key: str) -> None:
         self.redis = redis
         self.key = key
         self._buffer = bytearray()
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:
+        """Buffer ``data``, sending a chunk to Redis once ``REDIS_CHUNK`` bytes are waiting."""
         self._buffer += data
         if len(self._buffer) >= REDIS_CHUNK:
             self.flush()
         return len(data)
 
     def flush(self) -> None:
+        """Append what is buffered."""
         if self._buffer:
             self.redis.append(self.key, bytes(self._buffer))
             # A temporary key nobody renamed (a crashed worker) must not stay for good.
