@@ -20,7 +20,7 @@ from jobs.clients.http import make_session
 from jobs.context import build_context
 from jobs.errors import GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
-from jobs.media import REDIS_PREFIX, MediaStore, media_name
+from jobs.media import MediaStore, media_name
 from tests.fakes.files import FileServer, image_bytes
 
 PNG = image_bytes()
@@ -180,18 +180,25 @@ def test_a_video_copy_streams_into_the_store(
     assert stored == VIDEO
 
 
-@pytest.mark.parametrize("store", ["disk", "redis"])
+@pytest.mark.parametrize(
+    ("store", "failure"), [("disk", "deadline"), ("disk", "cut-off"), ("redis", "deadline"), ("redis", "cut-off")]
+)
 def test_a_failed_video_copy_leaves_nothing_behind(
-    files: FileServer, redis: Redis, redis_url: str, tmp_path: Path, store: str
+    files: FileServer, redis: Redis, redis_url: str, tmp_path: Path, store: str, failure: str
 ) -> None:
-    """A copy cut off by the deadline stores nothing: no video, no partial file, no temporary key."""
+    """A copy cut off by the deadline (5 x DOWNLOAD_DEADLINE) or by the server stores nothing, not even a part."""
     context = build_context(keep_settings(tmp_path, redis_url, store, DOWNLOAD_DEADLINE="1"), redis)
-    url = files.put("/slow.mp4", os.urandom(2_000_000), "video/mp4", drip=0.001)
+    if failure == "deadline":
+        url, reason = files.put("/slow.mp4", os.urandom(2_000_000), "video/mp4", drip=0.001), "longer than 5 s"
+    else:  # 3 MiB of a promised 4 MiB, then the connection closes
+        body, promised = os.urandom(3 * 1024 * 1024), 4 * 1024 * 1024
+        url = files.put("/cut.mp4", body, "video/mp4", declared_length=promised, headers={"Connection": "close"})
+        reason = "could not download"
     name = media_name("", f"cut-{store}")
-    with pytest.raises(GenerationFailed, match="longer than 5 s"):
+    with pytest.raises(GenerationFailed, match=reason):
         context.video.keep(url, name)
     assert not context.media.exists(name)
-    assert redis.keys(f"{REDIS_PREFIX}*") == []
+    assert redis.keys("*") == []
     if store == "disk":
         assert list((tmp_path / "media").iterdir()) == []
 
