@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import os
 import socket
+import ssl
+import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import trustme
 from PIL import EpsImagePlugin, Image
 from redis import Redis
 
@@ -84,6 +89,70 @@ def test_a_name_whose_first_answer_is_private_is_refused_on_every_hop(files: Fil
         get(url, allowlist=("127.0.0.1",))
     assert given == ["127.0.0.2"]
     assert files.hits == ([] if via == "first-hop" else ["/hop"])
+
+
+class TLSImageHost(ThreadingHTTPServer):
+    """An https server on 127.0.0.1 with a certificate for one name; it records the SNI names it is sent."""
+
+    daemon_threads = True
+
+    def __init__(self, ca: trustme.CA, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), _TLSHandler)
+        self.names: list[str | None] = []
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(name).configure_cert(context)
+        context.sni_callback = lambda _sock, server_name, _context: self.names.append(server_name)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # refused handshakes are part of the tests
+
+
+class _TLSHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.write(PNG)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def tls_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Start an https image host for a given name, trusted through REQUESTS_CA_BUNDLE."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    servers: list[TLSImageHost] = []
+
+    def start(name: str) -> TLSImageHost:
+        server = TLSImageHost(ca, name)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_pinned_https_connection_keeps_sni_and_the_certificate_check_on_the_name(tls_host, rebinding) -> None:
+    """Connected to the checked address, TLS still sends the name as SNI and verifies the certificate for it."""
+    plan, given = rebinding
+    plan += ["127.0.0.1", "127.0.0.2"]
+    server = tls_host(REBIND)
+    assert get(f"https://{REBIND}:{server.server_address[1]}/a.png") == PNG
+    assert given == ["127.0.0.1"]
+    assert server.names == [REBIND]
+    wrong = tls_host("other.example")
+    given.clear()  # a fresh look-up answers the checked address again
+    with pytest.raises(FetchError, match="SSLError"):
+        get(f"https://{REBIND}:{wrong.server_address[1]}/a.png")
 
 
 # -- the deadline -----------------------------------------------------------------------------------
