@@ -28,7 +28,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
-from jobs.clients.http import environment_proxy, tls_options
+from jobs.clients.http import environment_proxy, proxy_manager, tls_options
 from jobs.urlpolicy import UnsafeURL, inspect_url, is_public_address, literal_address
 
 MAX_REDIRECTS = 5
@@ -170,7 +170,7 @@ def _manager(url: str) -> urllib3.PoolManager:
     """
     proxy = environment_proxy(url)
     if proxy:
-        manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, num_pools=1, **tls_options())
+        manager: urllib3.PoolManager = proxy_manager(proxy, num_pools=1, **tls_options())
         manager.pool_classes_by_scheme = _PROXY_POOLS
     else:
         manager = urllib3.PoolManager(num_pools=1, **tls_options())

@@ -6,7 +6,7 @@ import email.utils
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import certifi
 import requests
@@ -54,6 +54,13 @@ def environment_proxy(url: str) -> str | None:
     return proxies.get(urlsplit(url).scheme) or proxies.get("all") or None
 
 
+def proxy_manager(proxy: str, **options: Any) -> urllib3.ProxyManager:
+    """A urllib3 pool through ``proxy``, sending the user and password in its URL as requests does."""
+    auth = urllib3.util.parse_url(proxy).auth
+    headers = urllib3.util.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
+
+
 def tls_options() -> dict[str, Any]:
     """urllib3 TLS arguments: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory), else certifi."""
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
@@ -73,7 +80,7 @@ def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
     proxy = environment_proxy(base_url)
     headers = {"User-Agent": user_agent}
     if proxy:
-        return urllib3.ProxyManager(proxy, headers=headers, **tls_options())
+        return proxy_manager(proxy, headers=headers, **tls_options())
     return urllib3.PoolManager(headers=headers, **tls_options())
 
 

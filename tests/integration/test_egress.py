@@ -141,3 +141,12 @@ def test_the_download_deadline_holds_through_a_proxy(files: FileServer, download
     with pytest.raises(FetchError, match="longer than 1 s"):
         fetch(url, max_bytes=100_000, timeout=(2.0, 30.0), deadline=1.0, allowlist=("127.0.0.1",))
     assert time.monotonic() - started < 10
+
+
+def test_a_download_proxy_gets_the_credentials_in_its_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY=http://user:pass@host sends Proxy-Authorization, as requests did for downloads."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://egress:s%40cret@127.0.0.1:3128")
+    manager = fetch_module._manager("http://cdn.example.com/a.png")
+    assert manager.proxy_headers == {"proxy-authorization": "Basic ZWdyZXNzOnNAY3JldA=="}
