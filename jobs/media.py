@@ -114,12 +114,15 @@ class MediaStore:
         return path if path.is_file() else None
 
     def expire(self) -> int:
-        """Delete disk videos older than ``MEDIA_TTL`` (Redis expires its own); returns how many."""
+        """Delete disk videos older than ``MEDIA_TTL`` (Redis expires its own); returns how many.
+
+        Partial files that old are deleted too: a worker killed in the middle of a copy leaves one.
+        """
         if self.settings.media_store == "redis" or not self.directory.is_dir():
             return 0
         cutoff = time.time() - self.settings.media_ttl
         removed = 0
-        for path in self.directory.glob("*.mp4"):
+        for path in [*self.directory.glob("*.mp4"), *self.directory.glob(".*.part")]:
             if path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1

@@ -97,6 +97,18 @@ def test_expire_removes_only_videos_older_than_media_ttl(tmp_path: Path, redis: 
     assert store.expire() == 0
 
 
+def test_expire_removes_partial_files_a_killed_copy_left(tmp_path: Path, redis: Redis) -> None:
+    """A partial file older than MEDIA_TTL (its writer was killed) goes; a younger one may still be written."""
+    store = MediaStore(media_settings(tmp_path), redis)
+    (tmp_path / "media").mkdir()
+    stale, fresh = tmp_path / "media" / f".{'a' * 40}.1.ab.part", tmp_path / "media" / f".{'b' * 40}.2.cd.part"
+    for path in (stale, fresh):
+        path.write_bytes(VIDEO)
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
+    assert store.expire() == 1
+    assert not stale.exists() and fresh.exists()
+
+
 # -- Redis store ------------------------------------------------------------------------------------
 
 
