@@ -6,7 +6,7 @@ platforms whose processes do not share a disk), and go away after ``MEDIA_TTL``.
 
 Videos are written as they stream in and read back in slices: neither the worker copying a
 provider's video nor the web serving one holds a whole video in memory. In Redis a video is one
-string, appended to chunk by chunk under a temporary key and renamed into place when complete, and
+string, written chunk by chunk under a temporary key and renamed into place when complete, and
 read with ``GETRANGE``.
 """
 
@@ -69,16 +69,16 @@ class MediaStore:
         key) and moved into place at the end; on an error the partial copy is deleted.
         """
         if self.settings.media_store == "redis":
-            appender = _RedisAppender(self.redis, f"{REDIS_PREFIX}{name}.part.{secrets.token_hex(8)}")
+            writer = _RedisWriter(self.redis, f"{REDIS_PREFIX}{name}.part.{secrets.token_hex(8)}")
             try:
-                yield appender  # type: ignore[misc]
-                appender.flush()
+                yield writer  # type: ignore[misc]
+                writer.flush()
                 with self.redis.pipeline() as pipe:
-                    # The empty append makes the key exist even for an empty video.
-                    pipe.append(appender.key, b"").rename(appender.key, REDIS_PREFIX + name)
+                    # An empty append makes the key exist even for an empty video.
+                    pipe.append(writer.key, b"").rename(writer.key, REDIS_PREFIX + name)
                     pipe.expire(REDIS_PREFIX + name, self.settings.media_ttl).execute()
             finally:
-                self.redis.delete(appender.key)
+                self.redis.delete(writer.key)
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
@@ -129,9 +129,11 @@ class MediaStore:
         return removed
 
 
-class _RedisAppender:
-    """Writes into a Redis string by ``APPEND``, in chunks of up to ``REDIS_CHUNK`` bytes.
+class _RedisWriter:
+    """Writes into a Redis string in chunks of up to ``REDIS_CHUNK`` bytes.
 
+    Each chunk is a ``SETRANGE`` at its own offset, not an ``APPEND``: the worker's connection
+    retries a command whose reply was lost, and a retried append would write the chunk twice.
     Not an ``io`` class on purpose: those flush when garbage-collected, which would write the
     rest of a failed copy back under the temporary key after it was deleted.
     """
@@ -139,6 +141,7 @@ class _RedisAppender:
     def __init__(self, redis: Redis, key: str) -> None:
         self.redis = redis
         self.key = key
+        self.offset = 0
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> int:
@@ -151,7 +154,8 @@ class _RedisAppender:
     def flush(self) -> None:
         """Append what is buffered."""
         if self._buffer:
-            self.redis.append(self.key, bytes(self._buffer))
+            self.redis.setrange(self.key, self.offset, bytes(self._buffer))
+            self.offset += len(self._buffer)
             # A temporary key nobody renamed (a crashed worker) must not stay for good.
             self.redis.expire(self.key, 3600)
             self._buffer.clear()
