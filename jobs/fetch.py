@@ -17,9 +17,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from typing import IO, Any
+from contextlib import suppress
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import urllib3
@@ -43,8 +42,17 @@ class FetchError(Exception):
     """The URL could not be fetched within the rules; the message says why."""
 
 
+class Sink(Protocol):
+    """Where a download's body goes: a file, a BytesIO, the media store's writer."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class _Download:
-    """One download's allowlist, deadline and sockets; past the deadline its sockets are shut down."""
+    """One download's allowlist, deadline and sockets; past the deadline its sockets are shut down.
+
+    Used as a context manager: inside it, new connections register their sockets with it.
+    """
 
     def __init__(self, allowlist: tuple[str, ...], seconds: float) -> None:
         self.allowlist = allowlist
@@ -57,6 +65,17 @@ class _Download:
         # from outside interrupts a read that keeps receiving a little.
         self._timer = threading.Timer(seconds, self.expire)
         self._timer.daemon = True
+        self._token: contextvars.Token[_Download] | None = None
+
+    def __enter__(self) -> _Download:
+        self._token = _current.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        if self._token is not None:
+            _current.reset(self._token)
 
     def remaining(self) -> float:
         """Seconds left; FetchError once none are."""
@@ -178,20 +197,9 @@ def _manager(url: str) -> urllib3.PoolManager:
     return manager
 
 
-@contextmanager
-def _deadline(download: _Download) -> Iterator[None]:
-    token = _current.set(download)
-    download._timer.start()
-    try:
-        yield
-    finally:
-        download._timer.cancel()
-        _current.reset(token)
-
-
 def download(
     url: str,
-    sink: IO[bytes],
+    sink: Sink,
     *,
     max_bytes: int,
     timeout: tuple[float, float],
@@ -213,8 +221,7 @@ def download(
     Raises:
         FetchError: unsafe URL or redirect, too large, too slow, or not a 2xx answer.
     """
-    job = _Download(allowlist, deadline)
-    with _deadline(job):
+    with _Download(allowlist, deadline) as job:
         try:
             return _follow(url, sink, job, max_bytes, timeout, what)
         except HTTPError as exc:
@@ -227,7 +234,7 @@ def download(
             raise
 
 
-def _follow(url: str, sink: IO[bytes], job: _Download, max_bytes: int, timeout: tuple[float, float], what: str) -> int:
+def _follow(url: str, sink: Sink, job: _Download, max_bytes: int, timeout: tuple[float, float], what: str) -> int:
     for _ in range(MAX_REDIRECTS + 1):
         try:
             checked = inspect_url(url, job.allowlist)
@@ -258,7 +265,7 @@ def _follow(url: str, sink: IO[bytes], job: _Download, max_bytes: int, timeout: 
     raise FetchError(f"more than {MAX_REDIRECTS} redirects")
 
 
-def _body(resp: urllib3.BaseHTTPResponse, sink: IO[bytes], job: _Download, max_bytes: int, what: str) -> int:
+def _body(resp: urllib3.BaseHTTPResponse, sink: Sink, job: _Download, max_bytes: int, what: str) -> int:
     if not 200 <= resp.status < 300:
         raise FetchError(f"the {what.removeprefix('the ')} URL answered {resp.status}")
     if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
