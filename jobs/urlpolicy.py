@@ -12,11 +12,13 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import idna
 
 MAX_URL_LENGTH = 2048
+#: Characters left as they are when the path and query of a URL are made ASCII (existing escapes too).
+_URL_SAFE = "/?:@!$&'()*+,;=-._~%"
 #: Names that mean "this machine" or "this network" without being IP literals.
 _LOCAL_NAMES = re.compile(r"(^|\.)(localhost|localdomain|local|internal|intranet|lan|home\.arpa|arpa)$")
 # Integer forms a resolver would accept as IPv4: 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
@@ -66,7 +68,8 @@ class CheckedURL:
 
     #: The URL as given (what is stored and handed to providers).
     url: str
-    #: The same URL with its host in ASCII (IDNA 2008) and without fragment: what is downloaded.
+    #: The same URL in ASCII (host in IDNA 2008, path and query %-encoded as UTF-8), without fragment:
+    #: what is downloaded.
     ascii_url: str
     #: The ASCII host, lower-case, without brackets or trailing dot.
     host: str
@@ -132,7 +135,9 @@ def inspect_url(url: str, allowlist: tuple[str, ...] = ()) -> CheckedURL:
         netloc += f":{port}"
     checked = CheckedURL(
         url=url,
-        ascii_url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+        ascii_url=urlunsplit(
+            (parts.scheme, netloc, quote(parts.path or "/", safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE), "")
+        ),
         host=host,
         allowlisted=host in allowlist or (port is not None and f"{host}:{port}" in allowlist),
     )

@@ -308,3 +308,10 @@ def test_a_backslash_or_percent_in_the_authority_is_refused(url: str) -> None:
     with pytest.raises(UnsafeURL, match="backslash or a %"):
         check_image_url(url)
     assert check_image_url("http://cdn.example.com/a%20b\\c.png")  # in the path they are fine
+
+
+def test_the_url_downloaded_is_ascii_and_keeps_existing_escapes() -> None:
+    """Path and query are %-encoded as UTF-8 where needed; escapes already there and the query stay as given."""
+    checked = inspect_url("http://bücher.example/bü%20cher.png?q=ü&r=a%2Fb#frag")
+    assert checked.ascii_url == "http://xn--bcher-kva.example/b%C3%BC%20cher.png?q=%C3%BC&r=a%2Fb"
+    assert inspect_url("https://cdn.example.com:8443").ascii_url == "https://cdn.example.com:8443/"
