@@ -98,6 +98,8 @@ class Settings:
     retry_base_delay: float = 2.0
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
+    #: Seconds a whole image download may take (redirects included); a video copy gets 5 times as long.
+    download_deadline: float = 60.0
 
     # Callbacks.
     callback_retry_delays: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -140,7 +142,14 @@ class Settings:
         """
         # Throttled submissions may wait up to one generation deadline before the real one starts.
         waits = self.caption_timeout + 2 * self.provider_retry_budget + 2 * self.generation_deadline
+        # An image download (local backends) or a video copy (Replicate) may use its whole deadline.
+        waits += self.video_download_deadline
         return math.ceil(waits + 6 * (self.http_connect_timeout + self.http_read_timeout) + 60)
+
+    @property
+    def video_download_deadline(self) -> float:
+        """Seconds the copy of a provider's video may take: five image deadlines (300 s by default)."""
+        return 5 * self.download_deadline
 
     @property
     def development(self) -> bool:
@@ -212,6 +221,7 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "RETRY_BASE_DELAY": ("retry_base_delay", False, 0.01, None),
     "HTTP_CONNECT_TIMEOUT": ("http_connect_timeout", False, 0.1, None),
     "HTTP_READ_TIMEOUT": ("http_read_timeout", False, 0.1, None),
+    "DOWNLOAD_DEADLINE": ("download_deadline", False, 1, None),
     "RECORD_TTL": ("record_ttl", True, 60, None),
     "MEDIA_TTL": ("media_ttl", True, 60, None),
     "IMAGE_MAX_BYTES": ("image_max_bytes", True, 1024, None),

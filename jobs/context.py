@@ -18,7 +18,7 @@ from jobs.clients.local_backends import ImageSource, LocalCaptioner, LocalVideo
 from jobs.clients.pika import PikaClient
 from jobs.clients.replicate import ReplicateAPI, ReplicateCaptioner, ReplicateVideo
 from jobs.errors import GenerationFailed
-from jobs.fetch import FetchError, fetch
+from jobs.fetch import FetchError, download
 from jobs.media import MediaStore
 from jobs.slots import PikaSlots
 from jobs.store import RequestStore
@@ -88,20 +88,26 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     api = ReplicateAPI(settings)
 
     def keep(url: str, name: str) -> str:
-        """Copy a provider's video into the media store (once) and return our URL for it."""
+        """Copy a provider's video into the media store (once) and return our URL for it.
+
+        The bytes stream from the provider into the store: never decoded, never whole in memory.
+        """
         if media.exists(name):
             return media.url(name)
         try:
-            data = fetch(
-                url,
-                session=images.session,
-                max_bytes=VIDEO_MAX_BYTES,
-                timeout=(settings.http_connect_timeout, settings.http_read_timeout),
-                allowlist=settings.image_host_allowlist,
-            )
+            with media.writer(name) as out:
+                download(
+                    url,
+                    out,
+                    max_bytes=VIDEO_MAX_BYTES,
+                    timeout=(settings.http_connect_timeout, settings.http_read_timeout),
+                    deadline=settings.video_download_deadline,
+                    allowlist=settings.image_host_allowlist,
+                    what="the provider's video",
+                )
         except FetchError as exc:
             raise GenerationFailed(f"could not keep the provider's video: {exc}") from None
-        return media.save(name, data)
+        return media.url(name)
 
     captioner = (
         ReplicateCaptioner(settings, api)

@@ -3,15 +3,25 @@
 Names are a digest of the owner and request id, never the raw id. Files live on disk
 (``MEDIA_DIR``, shared by web and worker on one machine) or in Redis (``MEDIA_STORE=redis``, for
 platforms whose processes do not share a disk), and go away after ``MEDIA_TTL``.
+
+Videos are written as they stream in and read back in slices: neither the worker copying a
+provider's video nor the web serving one holds a whole video in memory. In Redis a video is one
+string, written chunk by chunk under a temporary key and renamed into place when complete, and
+read with ``GETRANGE``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from redis import Redis
 
@@ -19,6 +29,8 @@ from config import Settings
 
 _NAME = re.compile(r"[0-9a-f]{40}")
 REDIS_PREFIX = "i2v:media:"
+#: Bytes per Redis command when a video is written or read in slices.
+REDIS_CHUNK = 1024 * 1024
 
 
 def media_name(owner: str, request_id: str) -> str:
@@ -45,14 +57,37 @@ class MediaStore:
 
     def save(self, name: str, data: bytes) -> str:
         """Store a video and return its public URL."""
-        if self.settings.media_store == "redis":
-            self.redis.set(REDIS_PREFIX + name, data, ex=self.settings.media_ttl)
-        else:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            partial = self.directory / f".{name}.{os.getpid()}.part"
-            partial.write_bytes(data)
-            partial.replace(self.directory / f"{name}.mp4")  # readers never see half a file
+        with self.writer(name) as out:
+            out.write(data)
         return self.url(name)
+
+    @contextmanager
+    def writer(self, name: str) -> Iterator[IO[bytes]]:
+        """A file-like object to stream a video into; it is stored only if the block ends without error.
+
+        Readers never see half a video: it is written aside (a partial file, or a temporary Redis
+        key) and moved into place at the end; on an error the partial copy is deleted.
+        """
+        if self.settings.media_store == "redis":
+            writer = _RedisWriter(self.redis, f"{REDIS_PREFIX}{name}.part.{secrets.token_hex(8)}")
+            try:
+                yield writer  # type: ignore[misc]
+                writer.flush()
+                with self.redis.pipeline() as pipe:
+                    # An empty append makes the key exist even for an empty video.
+                    pipe.append(writer.key, b"").rename(writer.key, REDIS_PREFIX + name)
+                    pipe.expire(REDIS_PREFIX + name, self.settings.media_ttl).execute()
+            finally:
+                self.redis.delete(writer.key)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        try:
+            with partial.open("wb") as out:
+                yield out
+            partial.replace(self.directory / f"{name}.mp4")
+        finally:
+            partial.unlink(missing_ok=True)
 
     def exists(self, name: str) -> bool:
         """Whether a video is stored under ``name``."""
@@ -61,9 +96,17 @@ class MediaStore:
         return (self.directory / f"{name}.mp4").is_file()
 
     def read(self, name: str) -> bytes | None:
-        """A stored video's bytes (Redis store), or None."""
+        """A stored video's bytes (Redis store), or None; whole, so for small videos and tests only."""
         data = self.redis.get(REDIS_PREFIX + name)
         return bytes(data) if data is not None else None
+
+    def open(self, name: str) -> tuple[IO[bytes], int] | None:
+        """A stored video (Redis store) as a seekable file that reads slices, with its size; or None."""
+        key = REDIS_PREFIX + name
+        size = int(self.redis.strlen(key))
+        if not size and not self.redis.exists(key):
+            return None
+        return io.BufferedReader(_RedisReader(self.redis, key, size), buffer_size=REDIS_CHUNK), size
 
     def path(self, name: str) -> Path | None:
         """A stored video's file (disk store), or None."""
@@ -71,13 +114,81 @@ class MediaStore:
         return path if path.is_file() else None
 
     def expire(self) -> int:
-        """Delete disk videos older than ``MEDIA_TTL`` (Redis expires its own); returns how many."""
+        """Delete disk videos older than ``MEDIA_TTL`` (Redis expires its own); returns how many.
+
+        Partial files that old are deleted too: a worker killed in the middle of a copy leaves one.
+        """
         if self.settings.media_store == "redis" or not self.directory.is_dir():
             return 0
         cutoff = time.time() - self.settings.media_ttl
         removed = 0
-        for path in self.directory.glob("*.mp4"):
+        for path in [*self.directory.glob("*.mp4"), *self.directory.glob(".*.part")]:
             if path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+class _RedisWriter:
+    """Writes into a Redis string in chunks of up to ``REDIS_CHUNK`` bytes.
+
+    Each chunk is a ``SETRANGE`` at its own offset, not an ``APPEND``: the worker's connection
+    retries a command whose reply was lost, and a retried append would write the chunk twice.
+    Not an ``io`` class on purpose: those flush when garbage-collected, which would write the
+    rest of a failed copy back under the temporary key after it was deleted.
+    """
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = key
+        self.offset = 0
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        """Buffer ``data``, sending a chunk to Redis once ``REDIS_CHUNK`` bytes are waiting."""
+        self._buffer += data
+        if len(self._buffer) >= REDIS_CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        """Append what is buffered."""
+        if self._buffer:
+            self.redis.setrange(self.key, self.offset, bytes(self._buffer))
+            self.offset += len(self._buffer)
+            # A temporary key nobody renamed (a crashed worker) must not stay for good.
+            self.redis.expire(self.key, 3600)
+            self._buffer.clear()
+
+
+class _RedisReader(io.RawIOBase):
+    """Reads a Redis string by ``GETRANGE``, one slice per read."""
+
+    def __init__(self, redis: Redis, key: str, size: int) -> None:
+        self.redis = redis
+        self.key = key
+        self.size = size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = min(len(buffer), self.size - self.position, REDIS_CHUNK)
+        if want <= 0:
+            return 0
+        data = self.redis.getrange(self.key, self.position, self.position + want - 1)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)

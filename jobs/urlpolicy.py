@@ -1,7 +1,9 @@
 """Which image URLs the service accepts: public http(s) hosts only.
 
 Pure logic, used by the web process to validate submissions and by anything that downloads, which
-re-checks every resolved address (and every redirect) with :func:`is_public_address`.
+re-checks every resolved address (and every redirect) with :func:`is_public_address`. The host is
+checked in the one ASCII form that urllib3 connects to (IDNA 2008 with the ``idna`` package), so
+the name checked and the name connected to cannot differ.
 """
 
 from __future__ import annotations
@@ -9,9 +11,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import idna
 
 MAX_URL_LENGTH = 2048
+#: Characters left as they are when the path and query of a URL are made ASCII (existing escapes too).
+_URL_SAFE = "/?:@!$&'()*+,;=-._~%"
 #: Names that mean "this machine" or "this network" without being IP literals.
 _LOCAL_NAMES = re.compile(r"(^|\.)(localhost|localdomain|local|internal|intranet|lan|home\.arpa|arpa)$")
 # Integer forms a resolver would accept as IPv4: 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
@@ -55,8 +62,41 @@ def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
         return _inet_aton(bare)
 
 
-def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
-    """Return ``url`` if the service may fetch it or hand it to a provider, else raise.
+@dataclass(frozen=True)
+class CheckedURL:
+    """A URL that passed the rules, with the host in the form that is checked and connected to."""
+
+    #: The URL as given (what is stored and handed to providers).
+    url: str
+    #: The same URL in ASCII (host in IDNA 2008, path and query %-encoded as UTF-8), without fragment:
+    #: what is downloaded.
+    ascii_url: str
+    #: The ASCII host, lower-case, without brackets or trailing dot.
+    host: str
+    #: Whether ``IMAGE_HOST_ALLOWLIST`` lifted the address rules for it.
+    allowlisted: bool
+
+
+def ascii_host(host: str) -> str:
+    """The host as urllib3 sends it: lower-case, and IDNA 2008 (``idna``, strict, STD3) when not ASCII.
+
+    Python's own ``"idna"`` codec is IDNA 2003 (``faß`` becomes ``fass``, full-width digits fold to
+    ASCII) and differs from what urllib3 connects to; encoding once with urllib3's implementation
+    and using that result everywhere leaves nothing for the two to disagree on.
+
+    Raises:
+        UnsafeURL: the host is not a valid IDNA 2008 name.
+    """
+    if host.isascii():
+        return host.lower().rstrip(".")
+    try:
+        return idna.encode(host.lower(), strict=True, std3_rules=True).decode("ascii").rstrip(".")
+    except (idna.IDNAError, UnicodeError):
+        raise UnsafeURL("has an invalid host name (not IDNA 2008)") from None
+
+
+def inspect_url(url: str, allowlist: tuple[str, ...] = ()) -> CheckedURL:
+    """Check ``url`` against the rules and return it with its ASCII host, else raise.
 
     Hosts in ``allowlist`` (``IMAGE_HOST_ALLOWLIST``) skip the address rules, for local set-ups.
 
@@ -85,18 +125,38 @@ def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
         raise UnsafeURL("must name a host")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise UnsafeURL("must not carry a user name or password")
-    try:
-        # Check the name a resolver would see: IDNA folds full-width digits and ideographic dots.
-        host = host.encode("idna").decode("ascii").rstrip(".").lower()
-    except UnicodeError:
-        raise UnsafeURL("has an invalid host name") from None
-    if host in allowlist or (port and f"{host}:{port}" in allowlist):
-        return url
+    # urllib3 ends the authority at a backslash where urlsplit does not, and parsers disagree on
+    # decoding %-escapes in a host: refusing both leaves one reading of the host.
+    if "\\" in parts.netloc or "%" in parts.netloc:
+        raise UnsafeURL("must not have a backslash or a %-escape in its host")
+    host = ascii_host(host)
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    checked = CheckedURL(
+        url=url,
+        ascii_url=urlunsplit(
+            (parts.scheme, netloc, quote(parts.path or "/", safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE), "")
+        ),
+        host=host,
+        allowlisted=host in allowlist or (port is not None and f"{host}:{port}" in allowlist),
+    )
+    if checked.allowlisted:
+        return checked
     address = literal_address(host)
     if address is not None:
         if not is_public_address(address):
             raise UnsafeURL("must not point at a loopback, private, link-local, multicast or reserved address")
-        return url
+        return checked
     if "." not in host or _LOCAL_NAMES.search(host):
         raise UnsafeURL("must name a public host, not a local one")
-    return url
+    return checked
+
+
+def check_image_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
+    """Return ``url`` if the service may fetch it or hand it to a provider, else raise.
+
+    Raises:
+        UnsafeURL: with the reason (see :func:`inspect_url`).
+    """
+    return inspect_url(url, allowlist).url

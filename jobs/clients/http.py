@@ -6,18 +6,66 @@ import email.utils
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import certifi
 import requests
 import urllib3
 
 
+class _NoAuth(requests.auth.AuthBase):
+    """Leaves a request as it is: set as a session's auth, it stops requests reading ``~/.netrc``."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+class Session(requests.Session):
+    """A requests session that reads proxies and CA bundles from the environment, but never ``~/.netrc``.
+
+    With ``trust_env`` requests also looks up ``~/.netrc`` (or ``$NETRC``) for every request and
+    redirect without auth, and its Basic credentials then replace the provider's own
+    ``Authorization`` header. Turning ``trust_env`` off would lose the proxy and CA variables, so
+    the netrc look-ups are cut instead: a session-wide no-op auth, and redirects that only strip.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth = _NoAuth()
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        """Drop ``Authorization`` on a redirect to another host, as requests does, without netrc."""
+        if "Authorization" in prepared_request.headers and self.should_strip_auth(
+            response.request.url or "", prepared_request.url or ""
+        ):
+            del prepared_request.headers["Authorization"]
+
+
 def make_session(user_agent: str = "i2v") -> requests.Session:
     """A session for one provider; it honours HTTP(S)_PROXY and NO_PROXY from the environment."""
-    session = requests.Session()
+    session = Session()
     session.headers["User-Agent"] = user_agent
     return session
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy HTTP(S)_PROXY / ALL_PROXY name for ``url`` unless NO_PROXY exempts it (requests' rules)."""
+    proxies = requests.utils.get_environ_proxies(url)
+    return proxies.get(urlsplit(url).scheme) or proxies.get("all") or None
+
+
+def proxy_manager(proxy: str, **options: Any) -> urllib3.ProxyManager:
+    """A urllib3 pool through ``proxy``, sending the user and password in its URL as requests does."""
+    auth = urllib3.util.parse_url(proxy).auth
+    headers = urllib3.util.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
+
+
+def tls_options() -> dict[str, Any]:
+    """urllib3 TLS arguments: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory), else certifi."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    location = {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
+    return {"cert_reqs": "CERT_REQUIRED", **location}
 
 
 def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
@@ -27,15 +75,13 @@ def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
     have gone cold; requests' per-call machinery (sessions, hooks, cookies, environment) then
     costs several times the HTTP exchange. The environment is read once, here, with requests'
     rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi).
+    urllib3 never reads ``~/.netrc``.
     """
-    proxies = requests.utils.get_environ_proxies(base_url)
-    proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-    tls: dict[str, Any] = {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
+    proxy = environment_proxy(base_url)
     headers = {"User-Agent": user_agent}
     if proxy:
-        return urllib3.ProxyManager(proxy, headers=headers, cert_reqs="CERT_REQUIRED", **tls)
-    return urllib3.PoolManager(headers=headers, cert_reqs="CERT_REQUIRED", **tls)
+        return proxy_manager(proxy, headers=headers, **tls_options())
+    return urllib3.PoolManager(headers=headers, **tls_options())
 
 
 def retry_after_seconds(value: str | None) -> float | None:

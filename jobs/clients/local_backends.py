@@ -12,11 +12,9 @@ import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
-import requests
 from PIL import Image, ImageStat
 
 from config import Settings
-from jobs.clients.http import make_session
 from jobs.clients.pika import VideoState
 from jobs.errors import CaptionFailed, GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
@@ -71,11 +69,10 @@ def describe(image: Image.Image) -> str:
 
 
 class ImageSource:
-    """Downloads images under the URL rules, ``IMAGE_MAX_BYTES`` and the HTTP timeouts."""
+    """Downloads images under the URL rules, ``IMAGE_MAX_BYTES``, the HTTP timeouts and ``DOWNLOAD_DEADLINE``."""
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.session = session or make_session()
 
     def load(self, url: str, failure: type[Exception]) -> Image.Image:
         """Fetch and decode the image at ``url``; ``failure`` is raised with the reason."""
@@ -83,9 +80,9 @@ class ImageSource:
         try:
             data = fetch(
                 url,
-                session=self.session,
                 max_bytes=s.image_max_bytes,
                 timeout=(s.http_connect_timeout, s.http_read_timeout),
+                deadline=s.download_deadline,
                 allowlist=s.image_host_allowlist,
             )
             return open_image(data)

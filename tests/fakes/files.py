@@ -36,6 +36,8 @@ class Entry:
     chunked: bool = False
     #: A Content-Length to announce instead of the real one (only the header: the body is sent as is).
     declared_length: int | None = None
+    #: Seconds between 100-byte pieces of the body: a slow drip that never trips a read timeout.
+    drip: float = 0.0
 
 
 class FileServer:
@@ -45,6 +47,8 @@ class FileServer:
         self.lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.hits: list[str] = []
+        #: The request headers of each GET, in order (lower-case names).
+        self.headers: list[dict[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -85,6 +89,7 @@ class FileServer:
         with self.lock:
             self.entries.clear()
             self.hits.clear()
+            self.headers.clear()
 
     def put(self, path: str, body: bytes, content_type: str = "application/octet-stream", **options: Any) -> str:
         """Serve ``body`` at ``path``; returns its URL."""
@@ -105,9 +110,10 @@ class FileServer:
         with self.lock:
             return self.hits.count(path)
 
-    def _lookup(self, path: str) -> Entry | None:
+    def _lookup(self, path: str, headers: dict[str, str]) -> Entry | None:
         with self.lock:
             self.hits.append(path)
+            self.headers.append(headers)
             return self.entries.get(path)
 
 
@@ -126,7 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        entry = self.server.files._lookup(urlsplit(self.path).path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        entry = self.server.files._lookup(urlsplit(self.path).path, headers)
         if entry is None:
             entry = Entry(body=b"not found", content_type="text/plain", status=404)
         if entry.delay:
@@ -148,7 +155,13 @@ class _Handler(BaseHTTPRequestHandler):
                 length = len(entry.body) if entry.declared_length is None else entry.declared_length
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
-                self.wfile.write(entry.body)
+                if entry.drip:
+                    for start in range(0, len(entry.body), 100):
+                        self.wfile.write(entry.body[start : start + 100])
+                        self.wfile.flush()
+                        time.sleep(entry.drip)
+                else:
+                    self.wfile.write(entry.body)
             self.wfile.flush()
         except OSError:
             self.close_connection = True

@@ -156,6 +156,20 @@ def test_an_image_url_that_gives_no_image_is_caption_failed(
     assert not (tmp_path / "media").exists() or not any((tmp_path / "media").iterdir())
 
 
+def test_an_image_that_drips_fails_at_the_download_deadline(service, fakes, files: FileServer) -> None:
+    """DOWNLOAD_DEADLINE=1: 100 bytes every 0.2 s (20 s in all) never trips a read timeout; the deadline ends it."""
+    _, _, fake_game = fakes
+    client = service(DOWNLOAD_DEADLINE="1")
+    started = time.monotonic()
+    submit(client, "drip", files.put("/drip.png", os.urandom(10_000), "image/png", drip=0.2))
+    record = settled(client, "drip", timeout=15)
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "caption_failed"
+    assert "longer than 1 s" in record["error"]["message"]
+    assert time.monotonic() - started < 15
+    assert only_callback(fake_game, "drip")["status"] == "FAILED"
+
+
 def test_replicate_caption_with_local_video(service, fakes, files: FileServer) -> None:
     """The CLIP caption drives a local video; the worker runs without a Pika token."""
     fake_replicate, fake_pika, fake_game = fakes

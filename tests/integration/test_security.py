@@ -778,6 +778,11 @@ HOSTILE = [
     image_case("&lt;script&gt;alert(1)&lt;/script&gt;", "escaped-html"),
     image_case("http://\u2460\u2461\u2466.0.0.1/a.jpg", "enclosed-digits-loopback"),
     image_case(f"http://{fullwidth('127')}.0.0.1/a.jpg", "fullwidth-loopback"),
+    # Authorities that parsers split or decode differently.
+    image_case("http://169.254.169.254\\x.evil.example/a.jpg", "backslash-ends-host-for-urllib3"),
+    image_case("http://cdn.example.com\\@169.254.169.254/a.jpg", "backslash-before-userinfo"),
+    image_case("http://127.0.0.1%2f.evil.example/a.jpg", "percent-slash-in-host"),
+    image_case("http://%31%32%37.0.0.1/a.jpg", "percent-digits-in-host"),
     image_case("", "empty"),
     image_case("not a url", "not-a-url"),
     image_case(

@@ -6,7 +6,6 @@ import io
 import socket
 
 import pytest
-import requests
 from PIL import Image, ImageDraw
 
 from config import ConfigError, Settings, settings_from
@@ -175,9 +174,10 @@ LOCAL = ("127.0.0.1",)
 PNG = image_bytes()
 
 
-def get(url: str, allowlist: tuple[str, ...] = LOCAL, max_bytes: int = 1_000_000, read: float = 2.0) -> bytes:
-    with requests.Session() as session:
-        return fetch(url, session=session, max_bytes=max_bytes, timeout=(1.0, read), allowlist=allowlist)
+def get(
+    url: str, allowlist: tuple[str, ...] = LOCAL, max_bytes: int = 1_000_000, read: float = 2.0, deadline: float = 30.0
+) -> bytes:
+    return fetch(url, max_bytes=max_bytes, timeout=(1.0, read), deadline=deadline, allowlist=allowlist)
 
 
 def test_fetch_returns_the_body_of_an_allowlisted_host(files: FileServer) -> None:

@@ -12,7 +12,7 @@ from redis import Redis
 
 from config import Settings, settings_from
 from i2v_app import create_app
-from jobs.media import REDIS_PREFIX, MediaStore, media_name, valid_name
+from jobs.media import REDIS_CHUNK, REDIS_PREFIX, MediaStore, media_name, valid_name
 
 VIDEO = bytes(range(256)) * 40  # 10,240 bytes standing in for an MP4
 BASE = "https://i2v.example.com"
@@ -97,6 +97,18 @@ def test_expire_removes_only_videos_older_than_media_ttl(tmp_path: Path, redis: 
     assert store.expire() == 0
 
 
+def test_expire_removes_partial_files_a_killed_copy_left(tmp_path: Path, redis: Redis) -> None:
+    """A partial file older than MEDIA_TTL (its writer was killed) goes; a younger one may still be written."""
+    store = MediaStore(media_settings(tmp_path), redis)
+    (tmp_path / "media").mkdir()
+    stale, fresh = tmp_path / "media" / f".{'a' * 40}.1.ab.part", tmp_path / "media" / f".{'b' * 40}.2.cd.part"
+    for path in (stale, fresh):
+        path.write_bytes(VIDEO)
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
+    assert store.expire() == 1
+    assert not stale.exists() and fresh.exists()
+
+
 # -- Redis store ------------------------------------------------------------------------------------
 
 
@@ -115,6 +127,27 @@ def test_redis_store_keeps_bytes_with_media_ttl_and_writes_no_files(tmp_path: Pa
     assert "redis-1" not in REDIS_PREFIX + name
     assert not (tmp_path / "media").exists()
     assert store.expire() == 0
+
+
+def test_a_redis_chunk_sent_twice_is_stored_once(tmp_path: Path, redis: Redis) -> None:
+    """The worker's connection retries a command whose reply was lost; a repeated chunk must not double."""
+
+    class Repeating:
+        """A Redis client that sends every chunk command twice, as a retry after a lost reply would."""
+
+        def __getattr__(self, name: str):
+            command = getattr(redis, name)
+            if name not in ("setrange", "append"):
+                return command
+            return lambda *args: [command(*args), command(*args)][-1]
+
+    store = MediaStore(media_settings(tmp_path, MEDIA_STORE="redis"), Repeating())  # type: ignore[arg-type]
+    name = media_name("", "retried")
+    video = os.urandom(3 * REDIS_CHUNK + 5)
+    with store.writer(name) as out:
+        for start in range(0, len(video), 64 * 1024):
+            out.write(video[start : start + 64 * 1024])
+    assert redis.get(REDIS_PREFIX + name) == video
 
 
 # -- the /media route ---------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from urllib.parse import urlsplit
 
-from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
+import pytest
+import urllib3
+
+from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url, inspect_url
 
 #: The reason given for any special-purpose address.
 ADDRESS = "address"
@@ -64,7 +67,7 @@ DENIED = [
     pytest.param("http://[::1]:8080/", ADDRESS, id="v6-loopback-port"),
     pytest.param("http://[::]/", ADDRESS, id="v6-unspecified"),
     pytest.param("http://[fe80::1]/", ADDRESS, id="v6-link-local"),
-    pytest.param("http://[fe80::1%25eth0]/", ADDRESS, id="v6-link-local-zone"),
+    pytest.param("http://[fe80::1%25eth0]/", "%", id="v6-link-local-zone"),
     pytest.param("http://[fc00::1]/", ADDRESS, id="v6-ula-fc"),
     pytest.param("http://[fd00::1]/", ADDRESS, id="v6-ula-fd"),
     pytest.param("http://[ff02::1]/", ADDRESS, id="v6-multicast"),
@@ -96,13 +99,13 @@ DENIED = [
     pytest.param("http://0x7f.1/", ADDRESS, id="short-hex-loopback"),
     pytest.param("http://0/", ADDRESS, id="zero"),
     pytest.param("http://127.0.0.1./", ADDRESS, id="loopback-trailing-dot"),
-    # Unicode notations a resolver (IDNA / NFKC) turns into the same addresses and names.
-    pytest.param("http://\u2460\u2461\u2466.0.0.1/", ADDRESS, id="enclosed-digits"),
+    # Unicode notations IDNA 2003 (NFKC) folds into addresses and names: not IDNA 2008, so refused.
+    pytest.param("http://\u2460\u2461\u2466.0.0.1/", "idna", id="enclosed-digits"),
     pytest.param(
-        f"http://{fullwidth('127')}.{fullwidth('0')}.{fullwidth('0')}.{fullwidth('1')}/", ADDRESS, id="fullwidth-digits"
+        f"http://{fullwidth('127')}.{fullwidth('0')}.{fullwidth('0')}.{fullwidth('1')}/", "idna", id="fullwidth-digits"
     ),
-    pytest.param("http://127.0.0.1\u3002/", ADDRESS, id="ideographic-dot"),
-    pytest.param(f"http://metadata.google.{fullwidth('internal')}/", "local", id="fullwidth-internal"),
+    pytest.param("http://127.0.0.1\u3002/", "idna", id="ideographic-dot"),
+    pytest.param(f"http://metadata.google.{fullwidth('internal')}/", "idna", id="fullwidth-internal"),
     # Names that mean this machine or this network.
     pytest.param("http://localhost/", "local", id="localhost"),
     pytest.param("http://LOCALHOST/", "local", id="localhost-upper"),
@@ -220,3 +223,95 @@ def test_the_allowlist_lifts_only_the_address_rules(url: str, allowlist: tuple[s
     """Scheme, user info, port, length and character rules still apply to allowlisted hosts; only exact hosts match."""
     with pytest.raises(UnsafeURL):
         check_image_url(url, allowlist)
+
+
+# -- the checked host is the connected host ---------------------------------------------------------
+
+#: URLs whose host urlsplit, urllib3, IDNA 2003 and IDNA 2008 may read differently.
+TRICKY = [
+    "http://169.254.169.254\\x.evil.example/a.png",
+    "http://cdn.example.com\\@169.254.169.254/",
+    "http://cdn.example.com:80\\@127.0.0.1/",
+    "http://cdn.example.com\\.evil.example/",
+    "http://127.0.0.1%2f.evil.example/",
+    "http://%31%32%37.0.0.1/",
+    "http://fa%C3%9F.de/",
+    "http://faß.de/a.png",
+    "http://FASS.de/a.png",
+    "http://xn--fa-hia.de/a.png",
+    "http://bücher.example/a.png",
+    "http://BÜCHER.example/a.png",
+    "http://xn--bcher-kva.example/a.png",
+    "http://\u212aelvin.example/",  # Kelvin sign: lower-cases to ASCII k
+    "http://\u0130stanbul.example/",  # dotted capital I
+    "http://ex\u00adample.com/",  # soft hyphen: IDNA 2003 drops it
+    "http://e\u0301xample.com/",  # combining accent
+    f"http://{fullwidth('example')}.com/",
+    "http://example.com\u3002evil.example/",
+    "http://cdn.example.com#@127.0.0.1/",
+    "http://cdn.example.com?@127.0.0.1/",
+    "http://cdn.example.com/@127.0.0.1",
+    "http://cdn.example.com;.evil.example/",
+    "http://cdn_1.example.com/",
+    "http://cdn.example.com./a.png",
+    "http://8.8.8.8./a.png",
+    "http://[2606:4700:4700::1111]:8080/a.png",
+    "HTTP://CDN.EXAMPLE.COM/A.PNG",
+    *(param.values[0] for param in ALLOWED),
+    *(param.values[0] for param in DENIED),
+]
+
+
+def _bare(host: str | None) -> str:
+    return (host or "").strip("[]").rstrip(".").lower()
+
+
+@pytest.mark.parametrize("url", TRICKY)
+def test_an_accepted_url_names_one_host_for_urlsplit_and_urllib3(url: str) -> None:
+    """Either the URL is refused, or the host checked is the host urllib3 connects to, read either way."""
+    try:
+        checked = inspect_url(url)
+    except UnsafeURL:
+        return  # never fetched, never handed to a provider
+    assert checked.ascii_url.isascii()
+    assert _bare(urllib3.util.parse_url(url).host) == checked.host
+    assert _bare(urllib3.util.parse_url(checked.ascii_url).host) == checked.host
+    assert _bare(urlsplit(checked.ascii_url).hostname) == checked.host
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        pytest.param("http://faß.de/a.png", "xn--fa-hia.de", id="sharp-s-is-not-ss"),
+        pytest.param("http://BÜCHER.example/", "xn--bcher-kva.example", id="idn"),
+        pytest.param("http://CDN.Example.com./a.png", "cdn.example.com", id="ascii"),
+    ],
+)
+def test_hosts_are_checked_in_their_idna_2008_form(url: str, host: str) -> None:
+    """The host checked (and connected to) is urllib3's IDNA 2008 form, not Python's IDNA 2003 one."""
+    assert inspect_url(url).host == host
+    assert urlsplit(inspect_url(url).ascii_url).hostname == host
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254\\x.evil.example/",
+        "http://cdn.example.com\\.evil.example/",
+        "http://127.0.0.1%2f.evil.example/",
+        "http://fa%C3%9F.de/",
+        "http://%63dn.example.com/",
+    ],
+)
+def test_a_backslash_or_percent_in_the_authority_is_refused(url: str) -> None:
+    """The authority may hold neither, even where the host they hide would be public."""
+    with pytest.raises(UnsafeURL, match="backslash or a %"):
+        check_image_url(url)
+    assert check_image_url("http://cdn.example.com/a%20b\\c.png")  # in the path they are fine
+
+
+def test_the_url_downloaded_is_ascii_and_keeps_existing_escapes() -> None:
+    """Path and query are %-encoded as UTF-8 where needed; escapes already there and the query stay as given."""
+    checked = inspect_url("http://bücher.example/bü%20cher.png?q=ü&r=a%2Fb#frag")
+    assert checked.ascii_url == "http://xn--bcher-kva.example/b%C3%BC%20cher.png?q=%C3%BC&r=a%2Fb"
+    assert inspect_url("https://cdn.example.com:8443").ascii_url == "https://cdn.example.com:8443/"
