@@ -15,6 +15,7 @@ from redis import Redis
 from config import settings_from
 from i2v_app import create_app
 from jobs.media import REDIS_PREFIX, media_name
+from tests.conftest import MEDIA_SECRET
 from jobs.titles import title_from_prompt
 from tests.fakes import FakeReplicate, ModelSpec
 from tests.fakes.files import FileServer, image_bytes, mp4_bytes, probe, scene_bytes
@@ -120,7 +121,7 @@ def test_local_caption_and_local_video_end_to_end(service, fakes, files: FileSer
     output = data["output"]
     match = MEDIA_URL.fullmatch(output["url"])
     assert match, output["url"]
-    assert match[1] == media_name("", "local-1")
+    assert match[1] == media_name(MEDIA_SECRET, "", "local-1")
     assert output["url"] == record["video_url"]
     assert output["title"] == record["title"] == title_from_prompt(record["prompt"]) == "Dim landscape image"
     video = probe(served_video(client, output["url"]))
@@ -203,7 +204,7 @@ def test_replicate_video_is_copied_into_the_media_store(service, fakes, files: F
     assert record["provider"]["name"] == "replicate"
     assert record["provider"]["job_id"] in fake_replicate.predictions
     data = only_callback(fake_game, "rep-video")
-    assert data["output"]["url"] == f"{BASE}/media/{media_name('', 'rep-video')}.mp4" == record["video_url"]
+    assert data["output"]["url"] == f"{BASE}/media/{media_name(MEDIA_SECRET, '', 'rep-video')}.mp4" == record["video_url"]
     assert data["output"]["title"] == title_from_prompt(record["prompt"]) == "Dim square image"
     assert served_video(client, data["output"]["url"]) == files.entries["/provider/output.mp4"].body
     assert files.hits_for("/provider/output.mp4") == 1
@@ -251,7 +252,7 @@ def test_restarted_worker_resumes_the_same_video_prediction(
     assert len(fake_replicate.creates) == 1
     assert fake_replicate.cancels == []
     assert (
-        only_callback(fake_game, "rep-restart")["output"]["url"] == f"{BASE}/media/{media_name('', 'rep-restart')}.mp4"
+        only_callback(fake_game, "rep-restart")["output"]["url"] == f"{BASE}/media/{media_name(MEDIA_SECRET, '', 'rep-restart')}.mp4"
     )
 
 
@@ -281,7 +282,7 @@ def test_redis_media_store_serves_the_video_from_redis(
     submit(client, "in-redis", files.put("/a.png", scene_bytes(), "image/png"))
     record = settled(client, "in-redis")
     assert record["status"] == "completed", record
-    name = media_name("", "in-redis")
+    name = media_name(MEDIA_SECRET, "", "in-redis")
     assert only_callback(fake_game, "in-redis")["output"]["url"] == f"{BASE}/media/{name}.mp4"
     stored = redis.get(REDIS_PREFIX + name)
     assert stored is not None and 0 < redis.ttl(REDIS_PREFIX + name) <= settings_from({}).media_ttl

@@ -71,7 +71,11 @@ def test_secrets_stay_out_of_repr() -> None:
 
 
 def test_missing_worker_tokens_are_named() -> None:
-    assert Settings(replicate_api_token="x").missing_worker_tokens() == ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY"]
+    assert Settings(replicate_api_token="x").missing_worker_tokens() == [
+        "PIKAPI_BEARER_TOKEN",
+        "GAME_API_KEY",
+        "MEDIA_NAME_SECRET",
+    ]
 
 
 def test_log_formatter_masks_secret_values() -> None:
