@@ -60,6 +60,8 @@ def install(app: Flask, settings: Settings) -> None:
         return
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    # rq-dashboard's own switch as a second line: its delete and empty views do nothing when set.
+    app.config["RQ_DASHBOARD_DISABLE_DELETE"] = not settings.rq_dashboard_actions
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
 
