@@ -6,6 +6,7 @@ import os
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from redis import Redis
@@ -13,6 +14,8 @@ from redis import Redis
 from config import Settings, settings_from
 from i2v_app import create_app
 from jobs.media import REDIS_PREFIX, MediaStore, legacy_media_name, media_name, valid_name
+from jobs.pipeline import video_name
+from jobs.store import Record
 
 VIDEO = bytes(range(256)) * 40  # 10,240 bytes standing in for an MP4
 BASE = "https://i2v.example.com"
@@ -44,6 +47,40 @@ def test_media_names_are_digests_of_owner_and_request_id() -> None:
     assert media_name(SECRET, "", "demo-2") != name
     assert "demo" not in media_name(SECRET, "", "demo")
     assert valid_name(name)
+
+
+class _Store:
+    """Stands in for the record store: remembers what the pipeline wrote."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict] = []
+
+    def update(self, key: str, **fields: object) -> None:
+        self.writes.append(fields)
+
+
+def _ctx(secret: str) -> SimpleNamespace:
+    return SimpleNamespace(settings=Settings(media_name_secret=secret), store=_Store())
+
+
+def test_video_name_is_made_once_stored_and_kept_across_a_secret_change() -> None:
+    """The first look makes the keyed name and stores it; later looks (even under a new secret) reuse it."""
+    record = Record(request_id="r-1", image_url="https://example.com/a.png", owner="key-abc")
+    first = _ctx(SECRET)
+    name = video_name(first, record)
+    assert name == media_name(SECRET, "key-abc", "r-1")
+    assert first.store.writes == [{"media_name": name}]
+    rotated = _ctx("another-secret-0123456789abcdef0123456789")
+    assert video_name(rotated, Record.from_redis(record.to_redis())) == name
+    assert rotated.store.writes == []
+
+
+def test_video_name_of_a_request_submitted_before_the_upgrade_is_the_old_one() -> None:
+    """A record submitted without a stored name keeps the unkeyed name its video was made under."""
+    record = Record(request_id="r-2", image_url="https://example.com/a.png", provider_job_id="pika-1")
+    ctx = _ctx(SECRET)
+    assert video_name(ctx, record) == legacy_media_name("", "r-2")
+    assert ctx.store.writes == []
 
 
 def test_media_names_need_the_server_secret() -> None:
