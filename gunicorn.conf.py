@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -46,13 +47,14 @@ def _settings(server: object) -> Settings | None:
     # Imported here, not at the top: PROMETHEUS_MULTIPROC_DIR must be set before the app's modules load.
     from config import ConfigError, load_settings
 
+    # The preloaded app, never loaded here: without preloading the master must not import the app.
+    app = getattr(server.app, "callable", None)
+    with contextlib.suppress(AttributeError, KeyError):
+        return app.extensions["i2v"]["settings"]
     try:
-        return server.app.wsgi().extensions["i2v"]["settings"]
-    except (AttributeError, KeyError):
-        try:
-            return load_settings()
-        except ConfigError:
-            return None
+        return load_settings()
+    except ConfigError:
+        return None
 
 
 def when_ready(server: object) -> None:
