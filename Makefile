@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test lint format clean bench
+.PHONY: run test audit lint format clean bench
 
 # One environment for running and testing: the pinned runtime plus the pinned test tools.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+## audit: known vulnerabilities of the pinned runtime requirements (pip-audit; accepted ones in .ci/audit-ignore)
+audit: $(STAMP)
+	$(BIN)/python .ci/audit.py
 
 ## bench: benchmarks (ingest, callback lag, capacity, sizing) -> bench/RESULTS.md; BENCH_ARGS=--quick for a smoke run
 bench: $(STAMP)

@@ -16,10 +16,12 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+import secrets
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -29,6 +31,10 @@ DEFAULT_REPLICATE_MODEL_ID = (
 CLIP_MODEL_NAMES = ("ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k")
 CLIP_MODES = ("best", "classic", "fast", "negative")
 PIKA_ASPECT_RATIOS = ("16:9", "9:16", "1:1", "5:2", "4:5", "4:3")
+#: Plain API and admin keys shorter than this are refused: they could be guessed.
+MIN_KEY_LENGTH = 16
+#: The server secret that media names are made from must be at least this long.
+MIN_MEDIA_SECRET_LENGTH = 32
 
 
 class ConfigError(ValueError):
@@ -47,6 +53,8 @@ class Settings:
     pikapi_bearer_token: str = _secret()
     replicate_api_token: str = _secret()
     game_api_key: str = _secret()
+    #: HMAC key of media names (a random one per process in development: names are stored).
+    media_name_secret: str = _secret()
 
     # Mode and backends.
     env: str = "production"
@@ -124,6 +132,12 @@ class Settings:
     #: Requests in flight at Pika at once (0: no cap beyond the number of workers).
     pika_max_concurrency: int = 0
     rq_dashboard: bool = False
+    #: SHA-256 hex digests of the keys that open the dashboard at /rq (never the API keys).
+    admin_key_digests: tuple[str, ...] = field(default=(), repr=False)
+    #: Whether the dashboard may requeue, delete, empty and compact (same-origin POSTs only).
+    rq_dashboard_actions: bool = False
+    #: Whether I2V_AUTH_DISABLED=1 or development mode may listen on a non-loopback address.
+    allow_public_unsafe: bool = False
 
     # Records and the web edge.
     record_ttl: int = 7 * 24 * 3600
@@ -156,6 +170,33 @@ class Settings:
         """Whether ``I2V_ENV=development`` (local conveniences such as the callback receiver)."""
         return self.env == "development"
 
+    def unsafe_modes(self) -> list[str]:
+        """The settings that open the API, ``/dev/*`` and ``/rq`` to anyone who can connect."""
+        modes = []
+        if self.auth_disabled:
+            modes.append("I2V_AUTH_DISABLED=1")
+        if self.development:
+            modes.append("I2V_ENV=development")
+        return modes
+
+    def public_listener_problem(self, hosts: Iterable[str]) -> str | None:
+        """Why this process must not listen on ``hosts`` (addresses or names), or None if it may.
+
+        An unsafe mode is fine on loopback (``make run``); anywhere else it needs
+        ``I2V_ALLOW_PUBLIC_UNSAFE=1``, an explicit acceptance of the risk.
+        """
+        modes = self.unsafe_modes()
+        if not modes or self.allow_public_unsafe:
+            return None
+        public = sorted({host for host in hosts if not is_loopback(host)})
+        if not public:
+            return None
+        return (
+            f"refusing to listen on {', '.join(public)} with {' and '.join(modes)}: that opens the API, "
+            "/dev and /rq to anyone who can connect. Listen on 127.0.0.1 (HOST), turn the mode off, or set "
+            "I2V_ALLOW_PUBLIC_UNSAFE=1 if a private network really is the only way in"
+        )
+
     def missing_worker_tokens(self) -> list[str]:
         """Names of the secrets a worker needs for the configured backends but does not have."""
         needed: dict[str, str] = {}
@@ -165,7 +206,51 @@ class Settings:
             needed["PIKAPI_BEARER_TOKEN"] = self.pikapi_bearer_token
         if not self.development:
             needed["GAME_API_KEY"] = self.game_api_key
+            needed["MEDIA_NAME_SECRET"] = self.media_name_secret
         return [name for name, value in needed.items() if not value]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches only this machine; unknown names do not."""
+    host = host.strip().strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False  # an empty host means every address
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (and a user name given alone, as some Redis URLs do) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and not parts.username:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "***"  # unparseable: it may hold anything
+    user = parts.username if parts.password is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user or ''}:***@{host}" if user else f":***@{host}"))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secret parts of a URL (its password, or a user name given alone), for log masking."""
+    try:
+        parts = urlsplit(url)
+        found = parts.password if parts.password is not None else parts.username
+    except ValueError:
+        return ()
+    return (found,) if found else ()
 
 
 def _parse_number(name: str, raw: str, *, integer: bool, minimum: float, maximum: float | None) -> float:
@@ -206,7 +291,8 @@ def plain_http_off_machine(url: str) -> bool:
 def _parse_url(name: str, raw: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {raw!r}")
+        # Masked: REDIS_URL carries a password, and start-up errors end up in logs.
+        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {mask_url(raw)!r}")
     return raw.rstrip("/") if parts.scheme in ("http", "https") else raw
 
 
@@ -245,6 +331,7 @@ _STRINGS: dict[str, str] = {
     "PIKA_NEGATIVE_PROMPT": "pika_negative_prompt",
     "I2V_QUEUE": "queue_name",
     "MEDIA_DIR": "media_dir",
+    "MEDIA_NAME_SECRET": "media_name_secret",
 }
 _URLS: dict[str, tuple[str, tuple[str, ...]]] = {
     "REDIS_URL": ("redis_url", ("redis", "rediss", "unix")),
@@ -282,6 +369,9 @@ VARIABLES = frozenset(
         "RATE_LIMIT",
         "ALLOW_LOCAL_BACKENDS",
         "RQ_DASHBOARD",
+        "RQ_DASHBOARD_ACTIONS",
+        "I2V_ADMIN_KEYS",
+        "I2V_ALLOW_PUBLIC_UNSAFE",
         "REDIS_SSL_CERT_REQS",
         "REPLICATE_VIDEO_MODEL",
     ]
@@ -292,8 +382,8 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
-def _parse_api_keys(raw: str) -> tuple[str, ...]:
-    """API keys, comma-separated: plain keys, or their SHA-256 as ``sha256:<hex>`` (or bare 64 hex digits)."""
+def _parse_api_keys(raw: str, name: str = "I2V_API_KEYS") -> tuple[str, ...]:
+    """Keys, comma-separated: plain keys, or their SHA-256 as ``sha256:<hex>`` (or bare 64 hex digits)."""
     digests = []
     for entry in (part.strip() for part in raw.split(",")):
         if not entry:
@@ -302,7 +392,13 @@ def _parse_api_keys(raw: str) -> tuple[str, ...]:
         if _HEX64.fullmatch(hexed):
             digests.append(hexed.lower())
         elif entry.startswith("sha256:"):
-            raise ConfigError("I2V_API_KEYS: a sha256: entry must hold 64 hex digits")
+            raise ConfigError(f"{name}: a sha256: entry must hold 64 hex digits")
+        elif len(entry) < MIN_KEY_LENGTH:
+            # Never echo the key; its position is enough to find it.
+            raise ConfigError(
+                f"{name}: plain keys must be at least {MIN_KEY_LENGTH} characters (a short key can be guessed); "
+                f"entry {len(digests) + 1} is {len(entry)}"
+            )
         else:
             digests.append(hashlib.sha256(entry.encode()).hexdigest())
     return tuple(digests)
@@ -402,6 +498,12 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         values["api_key_digests"] = _parse_api_keys(raw)
     if (raw := given("RQ_DASHBOARD")) is not None:
         values["rq_dashboard"] = _parse_bool("RQ_DASHBOARD", raw)
+    if (raw := given("RQ_DASHBOARD_ACTIONS")) is not None:
+        values["rq_dashboard_actions"] = _parse_bool("RQ_DASHBOARD_ACTIONS", raw)
+    if (raw := given("I2V_ADMIN_KEYS")) is not None:
+        values["admin_key_digests"] = _parse_api_keys(raw, "I2V_ADMIN_KEYS")
+    if (raw := given("I2V_ALLOW_PUBLIC_UNSAFE")) is not None:
+        values["allow_public_unsafe"] = _parse_bool("I2V_ALLOW_PUBLIC_UNSAFE", raw)
     if (raw := given("ALLOW_LOCAL_BACKENDS")) is not None:
         values["allow_local_backends"] = _parse_bool("ALLOW_LOCAL_BACKENDS", raw)
     if (raw := given("REPLICATE_VIDEO_MODEL")) is not None:
@@ -422,12 +524,25 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         )
     if values.get("env") == "development" and "public_base_url" not in values:
         values["public_base_url"] = f"http://127.0.0.1:{env.get('PORT') or '8000'}"
+    if "media_name_secret" in values and len(str(values["media_name_secret"])) < MIN_MEDIA_SECRET_LENGTH:
+        raise ConfigError(
+            f"MEDIA_NAME_SECRET must be at least {MIN_MEDIA_SECRET_LENGTH} characters (openssl rand -hex 32)"
+        )
+    if values.get("env") == "development" and "media_name_secret" not in values:
+        # Each name is stored in its record when it is made, so a per-process secret breaks no URL.
+        values["media_name_secret"] = secrets.token_hex(32)
     settings = Settings(**values)
     if not settings.development and plain_http_off_machine(settings.callback_api_url):
         raise ConfigError(
             "CALLBACK_API_URL must be https:// in production (plain http:// only to a loopback host): "
             "every callback carries GAME_API_KEY"
         )
+    if (
+        settings.rq_dashboard
+        and not settings.admin_key_digests
+        and not (settings.development and settings.auth_disabled)
+    ):
+        raise ConfigError("RQ_DASHBOARD=1 needs I2V_ADMIN_KEYS: the dashboard is an admin console, not for API keys")
     if settings.video_backend != "pika" and not settings.public_base_url:
         raise ConfigError(
             f"PUBLIC_BASE_URL must be set: VIDEO_BACKEND={settings.video_backend} serves videos from this service"
@@ -457,6 +572,52 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     return settings_from(env)
 
 
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***``, also where JSON escaped one of its characters."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, "***")
+    return text
+
+
+def known_secrets(settings: Settings) -> tuple[str, ...]:
+    """Every secret value of ``settings`` long enough to mask without garbling ordinary text."""
+    values = (
+        settings.pikapi_bearer_token,
+        settings.replicate_api_token,
+        settings.game_api_key,
+        settings.media_name_secret,
+        *settings.callback_signing_secrets,
+        *url_secrets(settings.redis_url),
+    )
+    return tuple(s for s in values if len(s) >= 4)
+
+
+class SecretFilter(logging.Filter):
+    """Masks known secrets in records of loggers whose output this service does not format itself.
+
+    RQ's and gunicorn's loggers print with their own handlers; attached to those handlers (or to
+    RQ's logger), this puts their lines through the same masking as :class:`JsonLogFormatter`.
+    """
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message (and traceback) with the secrets masked; never drop it."""
+        if self.secrets:
+            record.msg = mask(record.getMessage(), self.secrets)
+            record.args = None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = mask(record.exc_text, self.secrets)
+        return True
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any structured extras.
 
@@ -482,24 +643,16 @@ class JsonLogFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        text = json.dumps(entry, default=str)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return mask(json.dumps(entry, default=str), self.secrets)
 
 
 def configure_logging(settings: Settings) -> None:
     """Send JSON lines to stderr at ``LOG_LEVEL`` (idempotent: one handler per process)."""
     root = logging.getLogger()
-    secrets = (
-        settings.pikapi_bearer_token,
-        settings.replicate_api_token,
-        settings.game_api_key,
-        *settings.callback_signing_secrets,
-    )
+    secrets = known_secrets(settings)
     for handler in root.handlers:
         if isinstance(handler.formatter, JsonLogFormatter):
-            handler.formatter.secrets = tuple(s for s in secrets if len(s) >= 4)
+            handler.formatter.secrets = secrets
             break
     else:
         handler = logging.StreamHandler()

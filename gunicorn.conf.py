@@ -1,8 +1,17 @@
 """gunicorn settings, Heroku-style: PORT and WEB_CONCURRENCY come from the environment."""
 
+from __future__ import annotations
+
+import contextlib
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
+
+from gunicorn.glogging import Logger
+
+if TYPE_CHECKING:
+    from config import Settings
 
 # /metrics must count every gunicorn worker: prometheus_client's multiprocess mode keeps each
 # worker's numbers in files here. Set before prometheus_client is imported anywhere, and start
@@ -31,3 +40,59 @@ control_socket_disable = True
 accesslog = "-"
 access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def _settings(server: object) -> Settings | None:
+    """The settings the preloaded app runs with, or freshly loaded ones (another app, a bad value)."""
+    # Imported here, not at the top: PROMETHEUS_MULTIPROC_DIR must be set before the app's modules load.
+    from config import ConfigError, load_settings
+
+    # The preloaded app, never loaded here: without preloading the master must not import the app.
+    app = getattr(server.app, "callable", None)
+    with contextlib.suppress(AttributeError, KeyError):
+        return app.extensions["i2v"]["settings"]
+    try:
+        return load_settings()
+    except ConfigError:
+        return None
+
+
+def when_ready(server: object) -> None:
+    """Refuse to serve when an unsafe mode meets a listener that is not loopback.
+
+    Checked on gunicorn's actual sockets (whatever ``bind``, ``HOST`` or ``--bind`` said), before
+    any worker starts: ``I2V_AUTH_DISABLED=1`` or development mode on 0.0.0.0 would open the
+    API, ``/dev/*`` and ``/rq`` to anyone who can connect.
+    """
+    settings = _settings(server)
+    if settings is None:
+        return
+    hosts = []
+    for listener in server.LISTENERS:
+        address = listener.sock.getsockname()
+        if isinstance(address, tuple):  # TCP; a unix socket is local by nature
+            hosts.append(str(address[0]))
+    problem = settings.public_listener_problem(hosts)
+    if problem:
+        server.halt(reason=f"i2v web: {problem}", exit_status=1)
+
+
+class MaskingLogger(Logger):
+    """gunicorn's logger, with known secrets (tokens, the Redis password) masked in every line."""
+
+    def setup(self, cfg: object) -> None:
+        """Set up gunicorn's handlers, then put each of them through the secret filter."""
+        super().setup(cfg)
+        from config import ConfigError, SecretFilter, known_secrets, load_settings
+
+        try:
+            secrets = known_secrets(load_settings())
+        except ConfigError:
+            return  # the app stops at start with a message that is masked already
+        secret_filter = SecretFilter(secrets)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.addFilter(secret_filter)
+
+
+logger_class = MaskingLogger

@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -388,6 +389,7 @@ def service_env(redis_url: str, fakes: tuple[Any, Any, Any], api_key: str, scrat
         PIKAPI_BEARER_TOKEN=PIKA_TOKEN,
         PIKAPI_BASE_URL=pika.base_url,
         GAME_API_KEY=GAME_KEY,
+        MEDIA_NAME_SECRET=secrets.token_hex(32),
         CALLBACK_API_URL=f"{game.url}/requests",
         I2V_API_KEYS=api_key,
         HOST="127.0.0.1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import click
 from flask import Flask
 from redis import Redis
 from rq import Queue
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings = load_settings()
         except ConfigError as exc:
             raise SystemExit(f"i2v web: {exc}") from None
+    refuse_public_flask_run(settings)
     configure_logging(settings)
 
     app = Flask(__name__)
@@ -72,6 +74,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     cli.register(app)
     return app
+
+
+def refuse_public_flask_run(settings: Settings) -> None:
+    """Stop ``flask run --host <public address>`` when an unsafe mode is on (gunicorn checks its own sockets).
+
+    Raises:
+        SystemExit: the host is not loopback and ``I2V_AUTH_DISABLED=1`` or development mode is set.
+    """
+    # flask run builds the app inside its command, so its options are the current click context's.
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command.name != "run" or "host" not in ctx.params:
+        return
+    problem = settings.public_listener_problem([str(ctx.params["host"])])
+    if problem:
+        raise SystemExit(f"i2v web: {problem}")
 
 
 def attach_services(app: Flask, settings: Settings) -> None:

@@ -43,6 +43,15 @@ _HELP = {
 
 metrics_blp = Blueprint("metrics", __name__)
 
+#: Methods counted under their own name; any other counts as ``other``, so that requests with made-up
+#: methods cannot add label values (and multiprocess files, and scrape lines) without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: a known HTTP method, or ``other``."""
+    return method if method in KNOWN_METHODS else "other"
+
 
 class PipelineCollector(Collector):
     """Turns the Redis tally and the queue's state into metric families at scrape time."""
@@ -112,6 +121,6 @@ def install(app: Flask) -> None:
     @app.after_request
     def count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_REQUESTS.labels(method_label(request.method), route, str(response.status_code)).inc()
         HTTP_LATENCY.labels(route).observe(time.perf_counter() - g.get("metrics_started", time.perf_counter()))
         return response

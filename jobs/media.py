@@ -1,6 +1,6 @@
 """The media store: videos the service makes or keeps, served by the web at ``/media/<name>.mp4``.
 
-Names are a digest of the owner and request id, never the raw id. Files live on disk
+Names are an HMAC of the owner and request id under a server secret, never the raw id. Files live on disk
 (``MEDIA_DIR``, shared by web and worker on one machine) or in Redis (``MEDIA_STORE=redis``, for
 platforms whose processes do not share a disk), and go away after ``MEDIA_TTL``.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import hmac
 import os
 import re
 import secrets
@@ -33,8 +34,18 @@ REDIS_PREFIX = "i2v:media:"
 REDIS_CHUNK = 1024 * 1024
 
 
-def media_name(owner: str, request_id: str) -> str:
-    """The file name (without extension) of a request's video."""
+def media_name(secret: str, owner: str, request_id: str) -> str:
+    """The file name (without extension) of a request's video: an HMAC under ``MEDIA_NAME_SECRET``.
+
+    Owner and request id alone would not do: a key's digest (which configurations hold) and a
+    guessable id would give the name away. The pipeline stores the name in the record when it
+    makes it, so rotating the secret never changes the URL of a video already announced.
+    """
+    return hmac.new(secret.encode(), f"media\x00{owner}\x00{request_id}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def legacy_media_name(owner: str, request_id: str) -> str:
+    """The name of a video of a request submitted before names were keyed (and stored in the record)."""
     return hashlib.sha256(f"media\x00{owner}\x00{request_id}".encode()).hexdigest()[:40]
 
 

@@ -34,7 +34,7 @@ from jobs.errors import (
     RequestCanceled,
     TransientError,
 )
-from jobs.media import media_name
+from jobs.media import legacy_media_name, media_name
 from jobs.shutdown import WorkerStopping
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
@@ -211,6 +211,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
         if record.submit_inflight:
             raise GenerationUnknown("an earlier attempt sent a submission whose answer was lost")
         wait_for_slot(ctx, record)
+        name = video_name(ctx, record)
         started = time.monotonic()
         server_errors = 0
         attempt = 0
@@ -219,7 +220,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             attempt += 1
             ctx.store.update(record.key, submit_inflight=True)
             try:
-                job_id = ctx.video.submit(record.image_url, prompt, media_name(record.owner, record.request_id))
+                job_id = ctx.video.submit(record.image_url, prompt, name)
             except TransientError as exc:
                 provider_error(ctx, record, ctx.video.name, exc)
                 if exc.kind == "connection" and exc.sent:
@@ -255,6 +256,21 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
             return job_id
 
 
+def video_name(ctx: Context, record: Record) -> str:
+    """The media name of the request's video: the stored one, else made now and stored before use.
+
+    Made once, so that a later change of ``MEDIA_NAME_SECRET`` never renames a video. A request
+    submitted before names were stored keeps the name it was submitted with (the unkeyed one).
+    """
+    if record.media_name:
+        return record.media_name
+    if record.provider_job_id or record.submitted_at:
+        return legacy_media_name(record.owner, record.request_id)
+    record.media_name = media_name(ctx.settings.media_name_secret, record.owner, record.request_id)
+    ctx.store.update(record.key, media_name=record.media_name)
+    return record.media_name
+
+
 def wait_for_slot(ctx: Context, record: Record) -> None:
     """Wait until fewer than ``PIKA_MAX_CONCURRENCY`` requests are in flight at Pika."""
     started = time.monotonic()
@@ -273,7 +289,7 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
     submitted_at = record.submitted_at or time.time()
     first_poll = submitted_at + ctx.video.first_poll_after()
     deadline = submitted_at + ctx.settings.generation_deadline
-    name = media_name(record.owner, record.request_id)
+    name = video_name(ctx, record)
     try:
         if time.time() < first_poll:
             with step(ctx, record, "waiting"):

@@ -191,6 +191,8 @@ class Record:
     provider_job_id: str | None = None
     provider_progress: int | None = None
     video_url: str | None = None
+    #: The video's media name, made once before the submission (older records have none).
+    media_name: str | None = None
     title: str | None = None
     error_code: str | None = None
     error_message: str | None = None

@@ -22,7 +22,7 @@ from rq.queue import Queue as RQQueue
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from config import ConfigError, configure_logging, load_settings
+from config import ConfigError, configure_logging, known_secrets, load_settings, mask
 from jobs import shutdown
 from jobs.context import resilient_redis, share_connection
 
@@ -74,6 +74,15 @@ class PipelineWorker(SimpleWorker):
             args = (queues, *args[1:])
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = settings.worker_heartbeat_interval
+        self.secrets = known_secrets(settings)
+
+    def handle_job_failure(self, job: Job, queue: RQQueue, *args: Any, exc_string: str = "", **kwargs: Any) -> None:
+        """Record a failure as RQ does, with every known secret masked in the traceback it stores.
+
+        RQ keeps the traceback in Redis (the job hash, its results, the dashboard); a provider's
+        error message or a local variable in it must not carry a token there.
+        """
+        super().handle_job_failure(job, queue, *args, exc_string=mask(exc_string, self.secrets), **kwargs)
 
     def execute_job(self, job: Job, queue: RQQueue) -> None:
         """Run the job here, with a thread keeping its heartbeat fresh."""

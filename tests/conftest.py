@@ -27,6 +27,7 @@ os.environ["I2V_DOTENV"] = "0"
 REPLICATE_TOKEN = "r8_test_token_0123456789"
 PIKA_TOKEN = "pika_test_token_0123456789"
 GAME_KEY = "game_test_key_0123456789"
+MEDIA_SECRET = "media-name-secret-for-tests-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +111,7 @@ def service_env(redis: Redis, redis_url: str, fakes) -> dict[str, str]:
         "PIKAPI_BEARER_TOKEN": PIKA_TOKEN,
         "PIKAPI_BASE_URL": fake_pika.base_url,
         "GAME_API_KEY": GAME_KEY,
+        "MEDIA_NAME_SECRET": MEDIA_SECRET,
         "CALLBACK_API_URL": f"{fake_game.url}/requests",
         # Authentication has tests of its own; the other tests exercise everything else.
         "I2V_AUTH_DISABLED": "1",

@@ -14,6 +14,7 @@ from tests.helpers import wait_for
 from tests.integration.test_pipeline import final_record, submit
 
 KEY = "dashboard-key-0123456789"
+ADMIN = "admin-key-0123456789abcdef"
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -81,16 +82,20 @@ def _ok(url: str) -> bool:
         return False
 
 
-def test_rq_dashboard_is_off_unless_enabled_and_needs_a_key(service_env, redis) -> None:
+def test_rq_dashboard_is_off_unless_enabled_and_needs_an_admin_key(service_env, redis) -> None:
     off = create_app(settings_from(service_env)).test_client()
     assert off.get("/rq/").status_code == 404
-    env = {**service_env, "RQ_DASHBOARD": "1", "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": KEY}
+    env = {**service_env, "RQ_DASHBOARD": "1", "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": KEY, "I2V_ADMIN_KEYS": ADMIN}
     on = create_app(settings_from(env)).test_client()
     resp = on.get("/rq/")
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"].startswith("Basic")
-    basic = base64.b64encode(f"ops:{KEY}".encode()).decode()
+    basic = base64.b64encode(f"ops:{ADMIN}".encode()).decode()
     assert on.get("/rq/", headers={"Authorization": f"Basic {basic}"}).status_code == 200
-    assert on.get("/rq/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert on.get("/rq/", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    # An API key is a tenant's credential, not an operator's: it must not open every tenant's jobs.
+    api_basic = base64.b64encode(f"ops:{KEY}".encode()).decode()
+    assert on.get("/rq/", headers={"Authorization": f"Basic {api_basic}"}).status_code == 401
+    assert on.get("/rq/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
     wrong = base64.b64encode(b"ops:nope").decode()
     assert on.get("/rq/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import subprocess
 import sys
 
 import pytest
 
-from config import DEFAULT_REPLICATE_MODEL_ID, ConfigError, JsonLogFormatter, Settings, settings_from
+from config import (
+    DEFAULT_REPLICATE_MODEL_ID,
+    ConfigError,
+    JsonLogFormatter,
+    Settings,
+    known_secrets,
+    mask_url,
+    settings_from,
+)
 from tests.helpers import ROOT, python_env
 
 
@@ -92,7 +102,11 @@ def test_secrets_stay_out_of_repr() -> None:
 
 
 def test_missing_worker_tokens_are_named() -> None:
-    assert Settings(replicate_api_token="x").missing_worker_tokens() == ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY"]
+    assert Settings(replicate_api_token="x").missing_worker_tokens() == [
+        "PIKAPI_BEARER_TOKEN",
+        "GAME_API_KEY",
+        "MEDIA_NAME_SECRET",
+    ]
 
 
 def test_log_formatter_masks_secret_values() -> None:
@@ -111,3 +125,58 @@ def test_web_process_stops_at_start_naming_a_bad_variable() -> None:
     assert proc.returncode != 0
     assert "MAX_CHECK_TIME" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["I2V_API_KEYS", "I2V_ADMIN_KEYS"])
+def test_short_plain_keys_are_refused_without_being_echoed(name: str) -> None:
+    """A plain key under 16 characters stops the process; digests and 16-character keys are fine."""
+    with pytest.raises(ConfigError, match=name) as caught:
+        settings_from({name: "long-enough-key-0001,short-key-15ch"})
+    assert "short-key-15ch" not in str(caught.value)
+    digest = hashlib.sha256(b"short").hexdigest()
+    accepted = settings_from({name: f"sixteen-chars-ok,sha256:{digest},{digest}", "RQ_DASHBOARD": "0"})
+    field = "api_key_digests" if name == "I2V_API_KEYS" else "admin_key_digests"
+    assert len(getattr(accepted, field)) == 3
+
+
+def test_redis_password_is_masked_in_urls_logs_and_config_errors() -> None:
+    """REDIS_URL carries a password: masked in an error about it and in every JSON log line."""
+    assert mask_url("redis://user:pw-secret-1@redis.example:6380/0") == "redis://user:***@redis.example:6380/0"
+    assert mask_url("rediss://:pw-secret-1@redis.example/0?x=1") == "rediss://:***@redis.example/0?x=1"
+    assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="REDIS_URL") as caught:
+        settings_from({"REDIS_URL": "http://:pw-secret-1@redis.example/0"})
+    assert "pw-secret-1" not in str(caught.value)
+    settings = settings_from({"REDIS_URL": "redis://default:pw-secret-1@redis.example:6380/0"})
+    record = logging.LogRecord("x", logging.ERROR, "f", 1, "cannot reach %s", (settings.redis_url,), None)
+    line = JsonLogFormatter(known_secrets(settings)).format(record)
+    assert "pw-secret-1" not in line and "***" in line
+
+
+def test_media_name_secret_is_checked_and_development_makes_one() -> None:
+    """Too short a secret stops the process; development without one gets a random one per process."""
+    with pytest.raises(ConfigError, match="MEDIA_NAME_SECRET"):
+        settings_from({"MEDIA_NAME_SECRET": "short"})
+    one, two = (settings_from({"I2V_ENV": "development"}).media_name_secret for _ in range(2))
+    assert len(one) >= 32 and one != two
+    assert settings_from({}).media_name_secret == ""
+
+
+@pytest.mark.parametrize(
+    ("hosts", "env", "refused"),
+    [
+        (["127.0.0.1", "::1", "localhost"], {"I2V_AUTH_DISABLED": "1", "I2V_ENV": "development"}, False),
+        (["0.0.0.0"], {"I2V_AUTH_DISABLED": "1"}, True),
+        (["::"], {"I2V_ENV": "development"}, True),
+        ([""], {"I2V_ENV": "development"}, True),
+        (["10.1.2.3", "127.0.0.1"], {"I2V_AUTH_DISABLED": "1"}, True),
+        (["0.0.0.0"], {}, False),
+        (["0.0.0.0"], {"I2V_AUTH_DISABLED": "1", "I2V_ALLOW_PUBLIC_UNSAFE": "1"}, False),
+    ],
+)
+def test_unsafe_modes_are_refused_on_non_loopback_listeners(hosts: list[str], env: dict, refused: bool) -> None:
+    problem = settings_from(env).public_listener_problem(hosts)
+    assert (problem is not None) == refused
+    if refused:
+        assert "I2V_ALLOW_PUBLIC_UNSAFE" in problem
+        assert all(mode in problem for mode in settings_from(env).unsafe_modes())

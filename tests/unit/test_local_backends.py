@@ -423,23 +423,31 @@ def test_backend_and_media_defaults() -> None:
     assert settings_from({"PUBLIC_BASE_URL": "https://i2v.example.com/"}).public_base_url == "https://i2v.example.com"
 
 
-TOKENS = {"REPLICATE_API_TOKEN": "r8_x", "PIKAPI_BEARER_TOKEN": "pk_x", "GAME_API_KEY": "game_x"}
+TOKENS = {
+    "REPLICATE_API_TOKEN": "r8_x",
+    "PIKAPI_BEARER_TOKEN": "pk_x",
+    "GAME_API_KEY": "game_x",
+    "MEDIA_NAME_SECRET": "media-name-secret-0123456789abcdef",
+}
 
 
 @pytest.mark.parametrize(
     ("env", "needed"),
     [
-        ({}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN", "GAME_API_KEY"]),
-        ({"VIDEO_BACKEND": "replicate"}, ["REPLICATE_API_TOKEN", "GAME_API_KEY"]),
+        ({}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"]),
+        ({"VIDEO_BACKEND": "replicate"}, ["REPLICATE_API_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"]),
         (
             {"CAPTION_BACKEND": "replicate", "VIDEO_BACKEND": "local", "ALLOW_LOCAL_BACKENDS": "1"},
-            ["REPLICATE_API_TOKEN", "GAME_API_KEY"],
+            ["REPLICATE_API_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"],
         ),
         (
             {"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "pika", "ALLOW_LOCAL_BACKENDS": "1"},
-            ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY"],
+            ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"],
         ),
-        ({"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "local", "ALLOW_LOCAL_BACKENDS": "1"}, ["GAME_API_KEY"]),
+        (
+            {"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "local", "ALLOW_LOCAL_BACKENDS": "1"},
+            ["GAME_API_KEY", "MEDIA_NAME_SECRET"],
+        ),
         ({"I2V_ENV": "development"}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN"]),
         ({"I2V_ENV": "development", "CAPTION_BACKEND": "replicate", "VIDEO_BACKEND": "local"}, ["REPLICATE_API_TOKEN"]),
         ({"I2V_ENV": "development", "VIDEO_BACKEND": "replicate"}, ["REPLICATE_API_TOKEN"]),
@@ -448,7 +456,7 @@ TOKENS = {"REPLICATE_API_TOKEN": "r8_x", "PIKAPI_BEARER_TOKEN": "pk_x", "GAME_AP
     ],
 )
 def test_a_worker_needs_exactly_the_tokens_of_its_backends(env: dict[str, str], needed: list[str]) -> None:
-    """Missing tokens are those of the configured backends (and GAME's in production), and only those."""
+    """Missing tokens are those of the configured backends (in production also GAME's and the media secret)."""
     env = {**PUBLIC, **env}
     assert settings_from(env).missing_worker_tokens() == needed
     assert settings_from({**env, **TOKENS}).missing_worker_tokens() == []
