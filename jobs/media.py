@@ -13,8 +13,8 @@ read with ``GETRANGE``.
 from __future__ import annotations
 
 import hashlib
-import io
 import hmac
+import io
 import os
 import re
 import secrets
