@@ -208,7 +208,8 @@ def test_generation_deadline_runs_from_the_saved_submission_after_a_restart(
     stopped_at = time.time()
     time.sleep(max(0.0, submitted_at + RESUME_AT - time.time()))
     start_process("worker", **timings)
-    record = failed_with(client, fake_game, "resume-video", "generation_timeout")
+    record = final_record(client, "resume-video", timeout=RESUME_AT + 2 * RESUME_DEADLINE)
+    failed_with(client, fake_game, "resume-video", "generation_timeout")
     resumed_at = min(r.at for r in fake_pika.requests_for("job") if r.at > stopped_at)
     gave_up_at = fake_game.callbacks_for("resume-video")[0].at
     assert gave_up_at >= submitted_at + RESUME_DEADLINE - 0.5
@@ -233,6 +234,7 @@ def test_caption_timeout_runs_from_the_saved_caption_start_after_a_restart(clien
     stopped_at = time.time()
     time.sleep(max(0.0, started_at + RESUME_AT - time.time()))
     start_process("worker", **timings)
+    final_record(client, "resume-caption", timeout=RESUME_AT + 2 * RESUME_DEADLINE)
     failed_with(client, fake_game, "resume-caption", "caption_failed")
     resumed_at = min(r.at for r in fake_replicate.requests_for("get") if r.at > stopped_at)
     gave_up_at = fake_game.callbacks_for("resume-caption")[0].at
