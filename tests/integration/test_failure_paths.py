@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import UTC, datetime
 
 import pytest
 from redis import Redis
 from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
+from jobs.context import build_context
+from jobs.delivery import attempt_delivery
 from jobs.slots import SLOTS_KEY
-from jobs.store import job_id_for, record_key
+from jobs.store import delivery_job_id, job_id_for, record_key
 from launch import free_port
 from tests.fakes import Fault
 from tests.helpers import wait_for
@@ -30,6 +34,11 @@ def stored(redis: Redis, request_id: str, name: str) -> str | None:
     """One field of a request's record (auth is off in these tests, so the owner is empty)."""
     value = redis.hget(record_key("", request_id), name)
     return value.decode() if value else None
+
+
+def iso_utc(ts: float) -> str:
+    """A Unix time in the record's ISO form, so that the two compare as strings."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- crash-window markers ---------------------------------------------------------------------------
@@ -327,3 +336,20 @@ def test_callback_retry_waits_the_longer_of_its_delay_and_retry_after(
     first, second = fake_game.requests_for("callback")
     assert second.at - first.at >= 3.9
     assert len(fake_game.callbacks_for("cb-wait")) == 1
+
+
+def test_callback_retry_is_never_scheduled_before_its_delay(client, redis, fakes, settings) -> None:
+    """RQ's scheduler keeps whole seconds: the retry's slot is rounded up, never down, so it never comes early."""
+    _, _, fake_game = fakes
+    fake_game.add_fault("callback", Fault.error(503, retry_after=4))
+    submit(client, "cb-schedule")
+    ctx = build_context(settings, redis)
+    key = record_key("", "cb-schedule")
+    ctx.store.finish(key, "failed", error_code="internal_error", error_message="for the test")
+    before = time.time()
+    attempt_delivery(ctx, key, 1)
+    registry = ScheduledJobRegistry(queue=ctx.queue)
+    slot = redis.zscore(registry.key, delivery_job_id(key, 2))
+    assert slot is not None, "no retry was scheduled"
+    assert slot >= before + 4
+    assert stored(redis, "cb-schedule", "callback_next_attempt_at") >= iso_utc(before + 4)
