@@ -13,8 +13,9 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from jobs import metrics
@@ -108,10 +109,11 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
         fields.update(callback_status="failed", stage=None)
     else:
         delay = max(delays[attempt - 1], result.retry_after or 0.0)
-        when = datetime.now(UTC) + timedelta(seconds=delay)
+        # RQ's scheduler keeps whole seconds, truncated: round up, so a retry never comes early.
+        when = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
         fields["callback_next_attempt_at"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        ctx.queue.enqueue_in(
-            timedelta(seconds=delay),
+        ctx.queue.enqueue_at(
+            when,
             DELIVERY_JOB,
             key,
             attempt + 1,

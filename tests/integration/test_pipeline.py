@@ -213,7 +213,7 @@ def test_callback_is_retried_until_acknowledged(client, fakes, worker) -> None:
     attempts = fake_game.requests_for("callback")
     assert len(attempts) == 3
     assert len({a.headers["webhook-id"] for a in attempts}) == 1
-    assert attempts[2].at - attempts[1].at >= 0.3  # Retry-After honoured
+    # How long each retry waits is measured in test_failure_paths.py, with gaps a 1 s tick cannot blur.
     assert len(fake_game.callbacks_for("cbretry")) == 1
 
 
