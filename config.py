@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -206,7 +205,6 @@ class Settings:
             needed["PIKAPI_BEARER_TOKEN"] = self.pikapi_bearer_token
         if not self.development:
             needed["GAME_API_KEY"] = self.game_api_key
-            needed["MEDIA_NAME_SECRET"] = self.media_name_secret
         return [name for name, value in needed.items() if not value]
 
 
@@ -528,21 +526,12 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         raise ConfigError(
             f"MEDIA_NAME_SECRET must be at least {MIN_MEDIA_SECRET_LENGTH} characters (openssl rand -hex 32)"
         )
-    if values.get("env") == "development" and "media_name_secret" not in values:
-        # Each name is stored in its record when it is made, so a per-process secret breaks no URL.
-        values["media_name_secret"] = secrets.token_hex(32)
     settings = Settings(**values)
     if not settings.development and plain_http_off_machine(settings.callback_api_url):
         raise ConfigError(
             "CALLBACK_API_URL must be https:// in production (plain http:// only to a loopback host): "
             "every callback carries GAME_API_KEY"
         )
-    if (
-        settings.rq_dashboard
-        and not settings.admin_key_digests
-        and not (settings.development and settings.auth_disabled)
-    ):
-        raise ConfigError("RQ_DASHBOARD=1 needs I2V_ADMIN_KEYS: the dashboard is an admin console, not for API keys")
     if settings.video_backend != "pika" and not settings.public_base_url:
         raise ConfigError(
             f"PUBLIC_BASE_URL must be set: VIDEO_BACKEND={settings.video_backend} serves videos from this service"

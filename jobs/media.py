@@ -35,13 +35,30 @@ REDIS_CHUNK = 1024 * 1024
 
 
 def media_name(secret: str, owner: str, request_id: str) -> str:
-    """The file name (without extension) of a request's video: an HMAC under ``MEDIA_NAME_SECRET``.
+    """The file name (without extension) of a request's video: an HMAC under ``secret`` (see ``name_secret``).
 
     Owner and request id alone would not do: a key's digest (which configurations hold) and a
     guessable id would give the name away. The pipeline stores the name in the record when it
     makes it, so rotating the secret never changes the URL of a video already announced.
     """
     return hmac.new(secret.encode(), f"media\x00{owner}\x00{request_id}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+#: Where the deployment's own name key lives when ``MEDIA_NAME_SECRET`` is unset.
+NAME_KEY_IN_REDIS = "i2v:media-name-key"
+
+
+def name_secret(settings: Settings, redis: Redis) -> str:
+    """The key of video names: ``MEDIA_NAME_SECRET``, else a random key made once per deployment.
+
+    The random key lives in Redis, where every worker finds the same one. Losing it (a Redis that
+    restarts empty) renames nothing: each name is stored in its record when it is made.
+    """
+    if settings.media_name_secret:
+        return settings.media_name_secret
+    redis.set(NAME_KEY_IN_REDIS, secrets.token_hex(32), nx=True)
+    stored = redis.get(NAME_KEY_IN_REDIS)
+    return stored.decode() if isinstance(stored, bytes) else str(stored)
 
 
 def legacy_media_name(owner: str, request_id: str) -> str:

@@ -34,7 +34,7 @@ from jobs.errors import (
     RequestCanceled,
     TransientError,
 )
-from jobs.media import legacy_media_name, media_name
+from jobs.media import legacy_media_name, media_name, name_secret
 from jobs.shutdown import WorkerStopping
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
@@ -259,14 +259,14 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
 def video_name(ctx: Context, record: Record) -> str:
     """The media name of the request's video: the stored one, else made now and stored before use.
 
-    Made once, so that a later change of ``MEDIA_NAME_SECRET`` never renames a video. A request
+    Made once, so that a later change of the name key never renames a video. A request
     submitted before names were stored keeps the name it was submitted with (the unkeyed one).
     """
     if record.media_name:
         return record.media_name
     if record.provider_job_id or record.submitted_at:
         return legacy_media_name(record.owner, record.request_id)
-    record.media_name = media_name(ctx.settings.media_name_secret, record.owner, record.request_id)
+    record.media_name = media_name(name_secret(ctx.settings, ctx.redis), record.owner, record.request_id)
     ctx.store.update(record.key, media_name=record.media_name)
     return record.media_name
 

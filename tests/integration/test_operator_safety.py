@@ -3,6 +3,7 @@ labels and what reaches logs and Redis (issue 11, items 7-11), against real proc
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import zlib
@@ -129,12 +130,18 @@ def _dashboard(service_env: dict[str, str], **extra: str):
     return create_app(settings_from({**env, "I2V_ADMIN_KEYS": ADMIN})).test_client()
 
 
-def test_dashboard_needs_admin_keys_when_enabled(service_env) -> None:
-    """RQ_DASHBOARD=1 without I2V_ADMIN_KEYS stops at start instead of falling back to API keys."""
-    from config import ConfigError
+def _basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"ops:{key}".encode()).decode()}
 
-    with pytest.raises(ConfigError, match="I2V_ADMIN_KEYS"):
-        settings_from({**service_env, "RQ_DASHBOARD": "1", "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": API_KEY})
+
+def test_dashboard_without_admin_keys_is_closed_to_every_api_key(service_env) -> None:
+    """RQ_DASHBOARD=1 without I2V_ADMIN_KEYS: the service runs, and /rq opens to no API key."""
+    env = {**service_env, "RQ_DASHBOARD": "1", "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": API_KEY}
+    client = create_app(settings_from(env)).test_client()
+    for auth in (_basic(API_KEY), {"Authorization": f"Bearer {API_KEY}"}, {}):
+        resp = client.get("/rq/", headers=auth)
+        assert resp.status_code == 401, resp.get_data(as_text=True)
+        assert "I2V_ADMIN_KEYS" in resp.get_json()["detail"]
 
 
 def test_dashboard_actions_are_refused_unless_enabled(service_env, redis: Redis) -> None:

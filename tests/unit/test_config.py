@@ -105,7 +105,6 @@ def test_missing_worker_tokens_are_named() -> None:
     assert Settings(replicate_api_token="x").missing_worker_tokens() == [
         "PIKAPI_BEARER_TOKEN",
         "GAME_API_KEY",
-        "MEDIA_NAME_SECRET",
     ]
 
 
@@ -153,12 +152,10 @@ def test_redis_password_is_masked_in_urls_logs_and_config_errors() -> None:
     assert "pw-secret-1" not in line and "***" in line
 
 
-def test_media_name_secret_is_checked_and_development_makes_one() -> None:
-    """Too short a secret stops the process; development without one gets a random one per process."""
+def test_media_name_secret_is_checked_and_optional() -> None:
+    """Too short a secret stops the process; none at all is fine (the deployment makes its own key)."""
     with pytest.raises(ConfigError, match="MEDIA_NAME_SECRET"):
         settings_from({"MEDIA_NAME_SECRET": "short"})
-    one, two = (settings_from({"I2V_ENV": "development"}).media_name_secret for _ in range(2))
-    assert len(one) >= 32 and one != two
     assert settings_from({}).media_name_secret == ""
 
 

@@ -427,26 +427,25 @@ TOKENS = {
     "REPLICATE_API_TOKEN": "r8_x",
     "PIKAPI_BEARER_TOKEN": "pk_x",
     "GAME_API_KEY": "game_x",
-    "MEDIA_NAME_SECRET": "media-name-secret-0123456789abcdef",
 }
 
 
 @pytest.mark.parametrize(
     ("env", "needed"),
     [
-        ({}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"]),
-        ({"VIDEO_BACKEND": "replicate"}, ["REPLICATE_API_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"]),
+        ({}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN", "GAME_API_KEY"]),
+        ({"VIDEO_BACKEND": "replicate"}, ["REPLICATE_API_TOKEN", "GAME_API_KEY"]),
         (
             {"CAPTION_BACKEND": "replicate", "VIDEO_BACKEND": "local", "ALLOW_LOCAL_BACKENDS": "1"},
-            ["REPLICATE_API_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"],
+            ["REPLICATE_API_TOKEN", "GAME_API_KEY"],
         ),
         (
             {"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "pika", "ALLOW_LOCAL_BACKENDS": "1"},
-            ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY", "MEDIA_NAME_SECRET"],
+            ["PIKAPI_BEARER_TOKEN", "GAME_API_KEY"],
         ),
         (
             {"CAPTION_BACKEND": "local", "VIDEO_BACKEND": "local", "ALLOW_LOCAL_BACKENDS": "1"},
-            ["GAME_API_KEY", "MEDIA_NAME_SECRET"],
+            ["GAME_API_KEY"],
         ),
         ({"I2V_ENV": "development"}, ["REPLICATE_API_TOKEN", "PIKAPI_BEARER_TOKEN"]),
         ({"I2V_ENV": "development", "CAPTION_BACKEND": "replicate", "VIDEO_BACKEND": "local"}, ["REPLICATE_API_TOKEN"]),

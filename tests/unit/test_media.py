@@ -13,7 +13,15 @@ from redis import Redis
 
 from config import Settings, settings_from
 from i2v_app import create_app
-from jobs.media import REDIS_CHUNK, REDIS_PREFIX, MediaStore, legacy_media_name, media_name, valid_name
+from jobs.media import (
+    NAME_KEY_IN_REDIS,
+    REDIS_CHUNK,
+    REDIS_PREFIX,
+    MediaStore,
+    legacy_media_name,
+    media_name,
+    valid_name,
+)
 from jobs.pipeline import video_name
 from jobs.store import Record
 
@@ -60,7 +68,7 @@ class _Store:
 
 
 def _ctx(secret: str) -> SimpleNamespace:
-    return SimpleNamespace(settings=Settings(media_name_secret=secret), store=_Store())
+    return SimpleNamespace(settings=Settings(media_name_secret=secret), store=_Store(), redis=None)
 
 
 def test_video_name_is_made_once_stored_and_kept_across_a_secret_change() -> None:
@@ -188,7 +196,7 @@ def test_a_redis_chunk_sent_twice_is_stored_once(tmp_path: Path, redis: Redis) -
             return lambda *args: [command(*args), command(*args)][-1]
 
     store = MediaStore(media_settings(tmp_path, MEDIA_STORE="redis"), Repeating())  # type: ignore[arg-type]
-    name = media_name("", "retried")
+    name = media_name(SECRET, "", "retried")
     video = os.urandom(3 * REDIS_CHUNK + 5)
     with store.writer(name) as out:
         for start in range(0, len(video), 64 * 1024):
@@ -265,3 +273,15 @@ def test_media_route_is_public_when_api_keys_are_required(tmp_path: Path, redis:
     client = create_app(settings).test_client()
     assert client.get(f"/media/{name}.mp4").status_code == 200
     assert client.get("/api/v1/i2v/public").status_code == 401
+
+
+def test_without_a_configured_secret_names_are_keyed_with_one_key_per_deployment(redis: Redis) -> None:
+    """No MEDIA_NAME_SECRET: a random key made once and kept in Redis, the same for every worker."""
+    record = Record(request_id="r-2", image_url="https://example.com/a.png", owner="key-abc")
+    first = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
+    name = video_name(first, Record(**{**record.__dict__}))
+    second = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
+    assert video_name(second, Record(**{**record.__dict__})) == name
+    assert name != legacy_media_name("key-abc", "r-2")
+    assert name == media_name(redis.get(NAME_KEY_IN_REDIS).decode(), "key-abc", "r-2")
+    assert len(redis.get(NAME_KEY_IN_REDIS)) >= 64
