@@ -249,6 +249,7 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
             timeout=20,
             what="a worker to start the request",
         )
+        wait_for(lambda: fake_pika.generates, what="the Pika job")  # later restarts stop a waiting request
         leaving.signal(signal.SIGTERM)
         leaving.proc.wait(timeout=10)
         job = Job.fetch(job_id, connection=redis)
@@ -256,7 +257,6 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
         assert job.retries_left == PIPELINE_RETRIES, "a restart is not a failure"
         assert status_of(client, "deploys")["status"] in ("queued", "processing")
     assert fake_game.callbacks == []
-    wait_for(lambda: fake_pika.generates, what="the Pika job")
     fake_pika.finish_now(next(iter(fake_pika.jobs)))
     start_process("worker", **DEPLOYS)
     record = final_record(client, "deploys", timeout=30)
