@@ -125,6 +125,7 @@ def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fak
     assert holder is not None and pool_of(holder, [survivor]) is survivor
 
 
+@pytest.mark.timeout(RESUME_WITHIN + 120)
 def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fakes, start_process, redis) -> None:
     """SIGKILL of the pool process running a request (an OOM kill): another one resumes it in time.
 

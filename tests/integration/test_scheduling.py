@@ -88,6 +88,30 @@ def test_a_dead_holders_lock_is_taken_over_within_seconds(redis, monkeypatch) ->
     assert redis.get(dead.lock_key) is None, "a stopping mover gives its lock up"
 
 
+def test_the_mover_thread_outlives_an_unexpected_error(redis, monkeypatch) -> None:
+    """A surprise while moving (here a job that cannot be read) is logged; the next round moves the job."""
+    job = due_job(redis)
+    fetch_many = Job.fetch_many
+    failures = []
+
+    def flaky(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ValueError("unreadable job")
+        return fetch_many(*args, **kwargs)
+
+    monkeypatch.setattr(scheduling.Job, "fetch_many", flaky)
+    stop = threading.Event()
+    mover = threading.Thread(target=run_movers, args=(redis, [QUEUE], stop, 0.2))
+    mover.start()
+    try:
+        wait_for(lambda: queued(redis) == [job.id], timeout=10, what="the job moved after the error")
+    finally:
+        stop.set()
+        mover.join(timeout=5)
+    assert failures == [1]
+
+
 def test_only_one_janitor_acts_at_a_time(settings, redis) -> None:
     ctx = build_context(settings, redis)
     first, second = Janitor(ctx), Janitor(ctx)
