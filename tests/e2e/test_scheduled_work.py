@@ -11,16 +11,20 @@ import os
 import signal
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis
 from rq.job import Job
 
+from config import settings_from
+from i2v_app import create_app
 from jobs.store import PIPELINE_RETRIES, job_id_for
 from launch import descendants
 from tests.fakes import Fault
 from tests.helpers import ServiceProcess, completed_callback, wait_for
+from tests.integration.test_redis_faults import RestartableRedis
 
 pytestmark = pytest.mark.e2e
 
@@ -123,6 +127,34 @@ def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fak
     assert_retried_in_time(client, fake_game, "sched-worker", due)
     holder = lock_holder(redis)
     assert holder is not None and pool_of(holder, [survivor]) is survivor
+
+
+def test_callback_retry_moves_after_redis_restarts_from_its_aof(
+    fakes, start_process, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Redis crashes (SIGKILL) and comes back from its append-only file: the retry still goes out in time."""
+    _, _, fake_game = fakes
+    server = RestartableRedis(tmp_path / "redis")
+    server.start()
+    try:
+        env = {**DEFAULTS, "REDIS_URL": server.url}
+        client = create_app(settings_from({**service_env, **env})).test_client()
+        start_process("scheduler", **env)
+        start_process("worker", **env)
+        due = first_attempt_failed(client, fake_game, "sched-aof")
+        time.sleep(1.5)  # the AOF is written to disk every second
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        server.start()
+        wait_for(
+            lambda: client.get("/api/v1/i2v/sched-aof").status_code == 200,
+            timeout=20,
+            what="Redis back with the record",
+        )
+        assert_retried_in_time(client, fake_game, "sched-aof", due)
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(RESUME_WITHIN + 120)
