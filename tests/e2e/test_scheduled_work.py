@@ -136,11 +136,11 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
     _, _, fake_game = fakes
     server = RestartableRedis(tmp_path / "redis")
     server.start()
+    processes: list[ServiceProcess] = []
     try:
         env = {**DEFAULTS, "REDIS_URL": server.url}
         client = create_app(settings_from({**service_env, **env})).test_client()
-        start_process("scheduler", **env)
-        start_process("worker", **env)
+        processes += [start_process("scheduler", **env), start_process("worker", **env)]
         due = first_attempt_failed(client, fake_game, "sched-aof")
         time.sleep(1.5)  # the AOF is written to disk every second
         assert server.proc is not None
@@ -154,6 +154,8 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
         )
         assert_retried_in_time(client, fake_game, "sched-aof", due)
     finally:
+        for process in processes:
+            process.stop()  # while Redis still answers: a worker waits for Redis before it exits
         server.stop()
 
 
