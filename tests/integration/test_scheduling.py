@@ -80,7 +80,7 @@ def test_a_dead_holders_lock_is_taken_over_within_seconds(redis, monkeypatch) ->
     stand_in.start()
     try:
         wait_for(lambda: queued(redis) == [job.id], timeout=10, what="the stand-in to move the job")
-        assert time.monotonic() - started < 2 + 0.5 + 2
+        assert time.monotonic() - started < 2 + 0.5 + 4  # TTL, a try, and room for a loaded machine
         assert redis.get(dead.lock_key).decode() != dead.token
     finally:
         stop.set()
