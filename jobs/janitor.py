@@ -32,13 +32,14 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from config import ConfigError, configure_logging, load_settings
+from jobs import shutdown
 from jobs.context import Context, build_context
 from jobs.delivery import claim_ttl
 from jobs.errors import InternalError
 from jobs.pipeline import fail
 from jobs.scheduling import MOVE_INTERVAL, start_movers
 from jobs.store import Record, delivery_job_id, enqueue_delivery, enqueue_pipeline, job_id_for
-from jobs.worker import PipelineWorker
+from jobs.worker import PipelineWorker, main_thread_signals
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,14 @@ def main() -> int:
     configure_logging(settings)
     ctx = build_context(settings)
     stop = threading.Event()
+    # Threads started here must leave the stop signals to the main thread, which waits on ``stop``.
+    with main_thread_signals():
+        request_stop = shutdown.relay(stop)
+        # Scheduled jobs (callback retries) move every second, whatever the sweep interval.
+        mover, stop_mover = start_movers(ctx.redis, [ctx.queue.name], MOVE_INTERVAL)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: request_stop())
     log.info("janitor started", extra={"interval_s": settings.janitor_interval})
-    # Scheduled jobs (callback retries) move every second, whatever the sweep interval.
-    mover, stop_mover = start_movers(ctx.redis, [ctx.queue.name], MOVE_INTERVAL)
     janitor = Janitor(ctx)
     while not stop.is_set():
         try:

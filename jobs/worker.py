@@ -100,6 +100,7 @@ class PipelineWorker(SimpleWorker):
         queue_names = self.queue_names()
         with main_thread_signals():
             thread, stop = start_movers(self.connection, queue_names, STAND_IN_INTERVAL)
+            self._request_hand_back = shutdown.relay(shutdown.REQUESTED)
         try:
             return super().work(*args, with_scheduler=False, **kwargs)
         finally:
@@ -161,7 +162,8 @@ class PipelineWorker(SimpleWorker):
         minutes short anyway. The request stops at its next step and RQ requeues it; a live worker
         resumes it from its record: same prediction, same Pika job, one callback.
         """
-        shutdown.REQUESTED.set()
+        # Through the relay: REQUESTED.set() here could wait forever on a lock this thread holds.
+        getattr(self, "_request_hand_back", shutdown.REQUESTED.set)()
         # Stamp first: a pool forwards SIGINT while the platform sends SIGTERM, and the second
         # signal must find the first one recorded (see request_force_stop).
         self._shutdown_requested_date = now()

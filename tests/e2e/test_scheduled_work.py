@@ -102,9 +102,10 @@ def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fa
     """SIGKILL of the scheduler process that holds the lock: a worker's stand-in takes over in time."""
     _, _, fake_game = fakes
     janitor = start_process("scheduler", **DEFAULTS)
-    pool = start_process("worker", **DEFAULTS)
     assert janitor.proc is not None
+    # The worker comes second: a stand-in that starts first may take the free lock itself.
     wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, what="the janitor to take the lock")
+    pool = start_process("worker", **DEFAULTS)
 
     due = first_attempt_failed(client, fake_game, "sched-janitor")
     janitor.kill()

@@ -137,9 +137,9 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
 def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, fakes, worker) -> None:
     """Key B submitting and canceling key A's GAME request id never reaches GAME: A's one callback stands."""
     _, _, fake_game = fakes
-    secured = {**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": "key-alpha-0123,key-bravo-0123"}
+    secured = {**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": "key-alpha-0123456789,key-bravo-0123456789"}
     client = create_app(settings_from(secured)).test_client()
-    a, b = {"Authorization": "Bearer key-alpha-0123"}, {"Authorization": "Bearer key-bravo-0123"}
+    a, b = {"Authorization": "Bearer key-alpha-0123456789"}, {"Authorization": "Bearer key-bravo-0123456789"}
     taken = {"x-request-id": "game-7"}
     assert client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **a}).status_code == 202
     resp = client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **b})
