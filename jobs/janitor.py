@@ -8,6 +8,8 @@ The Procfile runs it as ``scheduler``. Every ``JANITOR_INTERVAL`` seconds it
 - restarts callback delivery that a crash interrupted;
 - removes stored videos older than ``MEDIA_TTL`` (disk store; Redis expires its own).
 
+Besides, a thread of it moves due scheduled jobs (callback retries) every second (jobs.scheduling).
+
 Workers only notice abandoned jobs between jobs, which with long waits may be never; this process
 makes recovery independent of that.
 """
@@ -21,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
@@ -33,6 +36,7 @@ from jobs.context import Context, build_context
 from jobs.delivery import claim_ttl
 from jobs.errors import InternalError
 from jobs.pipeline import fail
+from jobs.scheduling import MOVE_INTERVAL, start_movers
 from jobs.store import Record, delivery_job_id, enqueue_delivery, enqueue_pipeline, job_id_for
 from jobs.worker import PipelineWorker
 
@@ -117,6 +121,46 @@ def _timestamp(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
+class Janitor:
+    """The janitor's loop, one :meth:`tick` at a time: the lock, the sweep, and the trust in heartbeats.
+
+    Args:
+        ctx: the context.
+        clock: monotonic seconds (tests move it forward).
+    """
+
+    #: A sweep that takes longer than this waited out a Redis outage.
+    OUTAGE = 5.0
+
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{id(self)}".encode()
+        self.lock_ttl = max(5, int(ctx.settings.janitor_interval * 3))
+        self.heartbeat_ttl = ctx.settings.worker_heartbeat_interval + PipelineWorker.HEARTBEAT_GRACE
+        self.trust_heartbeats_at = 0.0
+
+    def tick(self) -> dict[str, int] | None:
+        """One round: take or keep the lock, then sweep. None when another janitor holds the lock.
+
+        Raises:
+            RedisError: Redis failed in a way its client does not retry.
+        """
+        started = self.clock()
+        try:
+            # One janitor at a time: a second one (a scaled-out dyno) stays idle while the first lives.
+            redis = self.ctx.redis
+            mine = redis.set(LOCK_KEY, self.identity, nx=True, ex=self.lock_ttl)
+            if not mine and redis.get(LOCK_KEY) != self.identity:
+                return None
+            redis.expire(LOCK_KEY, self.lock_ttl)
+            return sweep(self.ctx, hand_back_abandoned=started >= self.trust_heartbeats_at)
+        finally:
+            if self.clock() - started > self.OUTAGE:
+                # The round waited out a Redis outage: heartbeats could not be written meanwhile.
+                self.trust_heartbeats_at = self.clock() + self.heartbeat_ttl
+
+
 def main() -> int:
     """Run sweeps until SIGTERM or SIGINT; Redis outages are logged and waited out."""
     try:
@@ -130,27 +174,19 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("janitor started", extra={"interval_s": settings.janitor_interval})
-    heartbeat_ttl = settings.worker_heartbeat_interval + PipelineWorker.HEARTBEAT_GRACE
-    identity = f"{socket.gethostname()}:{os.getpid()}".encode()
-    lock_ttl = max(5, int(settings.janitor_interval * 3))
-    trust_heartbeats_at = 0.0
+    # Scheduled jobs (callback retries) move every second, whatever the sweep interval.
+    mover, stop_mover = start_movers(ctx.redis, [ctx.queue.name], MOVE_INTERVAL)
+    janitor = Janitor(ctx)
     while not stop.is_set():
-        started = time.monotonic()
         try:
-            # One janitor at a time: a second one (a scaled-out dyno) stays idle while the first lives.
-            if not ctx.redis.set(LOCK_KEY, identity, nx=True, ex=lock_ttl) and ctx.redis.get(LOCK_KEY) != identity:
-                stop.wait(settings.janitor_interval)
-                continue
-            ctx.redis.expire(LOCK_KEY, lock_ttl)
-            done = sweep(ctx, hand_back_abandoned=started >= trust_heartbeats_at)
-            if any(done.values()):
+            done = janitor.tick()
+            if done and any(done.values()):
                 log.info("janitor sweep", extra=done)
         except RedisError as exc:
             log.error("janitor cannot reach Redis: %s", type(exc).__name__)
-        if time.monotonic() - started > 5:
-            # The sweep waited out a Redis outage: heartbeats could not be written meanwhile.
-            trust_heartbeats_at = time.monotonic() + heartbeat_ttl
         stop.wait(settings.janitor_interval)
+    stop_mover.set()
+    mover.join(timeout=5)
     return 0
 
 

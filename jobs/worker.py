@@ -10,13 +10,16 @@ hands itself back to the queue at its next step instead of being cut off by the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue as RQQueue
 from rq.utils import now
@@ -25,8 +28,10 @@ from rq.worker import WorkerStatus
 from config import ConfigError, configure_logging, load_settings
 from jobs import shutdown
 from jobs.context import resilient_redis, share_connection
+from jobs.scheduling import STAND_IN_INTERVAL, start_movers
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -75,6 +80,23 @@ class PipelineWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = settings.worker_heartbeat_interval
 
+    def work(self, *args: Any, with_scheduler: bool = False, **kwargs: Any) -> bool:
+        """RQ's work loop, with a stand-in mover of scheduled jobs instead of RQ's forked scheduler.
+
+        ``rq worker-pool`` asks every worker for RQ's scheduler (``with_scheduler=True``), which
+        forks a process that, once dead, is replaced only at a maintenance run ten minutes later.
+        The stand-in is a thread of this process instead (see jobs.scheduling); it moves scheduled
+        jobs only while the janitor, which normally does it, is down.
+        """
+        queue_names = self.queue_names()
+        with main_thread_signals():
+            thread, stop = start_movers(self.connection, queue_names, STAND_IN_INTERVAL)
+        try:
+            return super().work(*args, with_scheduler=False, **kwargs)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
     def execute_job(self, job: Job, queue: RQQueue) -> None:
         """Run the job here, with a thread keeping its heartbeat fresh."""
         execution = self.prepare_execution(job)
@@ -94,6 +116,29 @@ class PipelineWorker(SimpleWorker):
             done.set()
             thread.join()
         self.set_state(WorkerStatus.IDLE)
+
+    def _finalize_failure(
+        self,
+        job: Job,
+        queue: RQQueue,
+        execution: Execution,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    ) -> None:
+        """Hand a request stopped by SIGTERM back to the queue without spending one of its retries.
+
+        A deploy, a daily restart or a scale-down is not a failure of the request: however many
+        come in a row, the request resumes. Anything else goes through RQ's failure handling, which
+        retries it while retries last. (This overrides RQ's terminal failure step, rq 3.0.)
+        """
+        if exc_info[0] is None or not issubclass(exc_info[0], shutdown.WorkerStopping):
+            super()._finalize_failure(job, queue, execution, exc_info)
+            return
+        job.ended_at = now()
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        log.info("handed the job back to the queue", extra={"job_id": job.id, "retries_left": job.retries_left})
 
     def subscribe(self) -> None:
         """RQ's command channel, listened to by a thread that must not take the stop signals."""
