@@ -212,8 +212,9 @@ class Cluster:
                 pids.add(RQScheduler.fetch(name, conn).pid)
         finally:
             conn.close()
-        # A holder that is not RQ's forked scheduler may name its process in the lock's value.
-        pids |= {int(part) for part in name.replace("-", ":").split(":") if part.isdigit()}
+        # The service's own mover names its process in the lock: ``i2v:<host>:<pid>:<random>``.
+        if name.startswith("i2v:") and name.count(":") >= 3 and name.rsplit(":", 2)[1].isdigit():
+            pids.add(int(name.rsplit(":", 2)[1]))
         for process in self.processes():
             if process.proc is not None and pids & {process.proc.pid, *descendants(process.proc.pid)}:
                 return process, name
@@ -248,8 +249,9 @@ class Chaos:
                 delay = self.started + at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                began = time.monotonic() - self.started
                 what = self.fault(name)
-                self.done.append(f"{time.monotonic() - self.started:5.1f}s {name}: {what}")
+                self.done.append(f"{began:5.1f}-{time.monotonic() - self.started:5.1f}s {name}: {what}")
         except BaseException:
             self.errors.append(traceback.format_exc())
 
@@ -422,7 +424,9 @@ def test_chaos_every_accepted_request_is_called_back_once_and_paid_once(
     print(
         f"seed {seed}: {len(posts)} posts of {len(ids)} ids; settled {settled_after:.1f} s after the last fault;"
         f" outcomes {dict(outcomes)}; callback attempts {sum(len(a) for a in attempts.values())},"
-        f" acknowledged {sum(len(a) for a in acknowledged.values())}"
+        f" acknowledged {sum(len(a) for a in acknowledged.values())}; refused by the fakes:"
+        f" {len(fake_replicate.requests_for('create')) - len(fake_replicate.creates)} Replicate creates,"
+        f" {len(fake_pika.requests_for('generate')) - len(fake_pika.generates)} Pika generates"
     )
     assert not unsettled, f"not called back {RECOVERY_TIMEOUT:g} s after the last fault (seed {seed}): {unsettled}"
 
