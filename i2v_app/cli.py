@@ -137,7 +137,7 @@ def worker(burst: bool) -> None:
     """Run a pipeline worker in this process (what the Procfile's ``worker`` line runs)."""
     from jobs.worker import PipelineWorker  # the web process never imports worker code
 
-    PipelineWorker([services.settings().queue_name]).work(burst=burst, with_scheduler=True)
+    PipelineWorker([services.settings().queue_name]).work(burst=burst)  # moves scheduled jobs itself
 
 
 def register(app: Flask) -> None:

@@ -223,11 +223,18 @@ class Janitor:
             if not mine and redis.get(LOCK_KEY) != self.identity:
                 return None
             redis.expire(LOCK_KEY, self.lock_ttl)
-            return sweep(self.ctx, hand_back_abandoned=started >= self.trust_heartbeats_at, stranded=self.stranded)
+            # Checked after the lock's round trips too: the first sweep after an outage must not
+            # take the heartbeats that nobody could write during it for dead workers.
+            self._note_outage(started)
+            return sweep(self.ctx, hand_back_abandoned=self.clock() >= self.trust_heartbeats_at, stranded=self.stranded)
         finally:
-            if self.clock() - started > self.OUTAGE:
-                # The round waited out a Redis outage: heartbeats could not be written meanwhile.
-                self.trust_heartbeats_at = self.clock() + self.heartbeat_ttl
+            self._note_outage(started)
+
+    def _note_outage(self, started: float) -> None:
+        """Give workers one heartbeat period if this round has waited out a Redis outage."""
+        if self.clock() - started > self.OUTAGE:
+            # Heartbeats could not be written meanwhile.
+            self.trust_heartbeats_at = max(self.trust_heartbeats_at, self.clock() + self.heartbeat_ttl)
 
 
 def main() -> int:

@@ -135,9 +135,10 @@ def run_movers(connection: Redis, queue_names: list[str], stop: threading.Event,
                     moved = mover.move_due()
                     if moved:
                         log.info("moved scheduled jobs", extra={"queue": mover.queue.name, "jobs": moved})
-            except RedisError as exc:
+            except Exception as exc:  # whatever it was, the next round tries again: this thread must not end
                 mover.held = False
-                log.error("cannot move scheduled jobs: %s", type(exc).__name__)
+                unexpected = not isinstance(exc, RedisError)
+                log.error("cannot move scheduled jobs: %s", type(exc).__name__, exc_info=unexpected)
         # A stand-in sleeps until its next try: hundreds of idle waits must not wake every second.
         holding = any(mover.held for mover in movers)
         stop.wait(MOVE_INTERVAL if holding else max(0.0, next_try - time.monotonic()))

@@ -262,6 +262,7 @@ def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: 
     signal_everything(first, sig)
     exit_code(first, timeout=10)
     assert fake_game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"
+    assert web.record(request_id)["status"] == "processing", "the request was handed back unfinished"
 
     start_process("worker", **SLOW_TIMINGS)
     # After a SIGKILL the request is found once its heartbeat lapses (about 16 s with these timings).

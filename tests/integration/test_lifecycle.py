@@ -9,9 +9,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from rq.job import Job, JobStatus
 from standardwebhooks.webhooks import Webhook
 
-from jobs.store import ACTIVE_KEY, job_id_for, record_key
+from jobs.store import ACTIVE_KEY, PIPELINE_RETRIES, job_id_for, record_key
 from tests.fakes import Fault
 from tests.helpers import wait_for
 from tests.integration.test_pipeline import final_record, one_callback, submit
@@ -200,25 +201,69 @@ def test_sigkill_of_the_whole_worker_resumes_on_another(client, fakes, start_pro
     assert time.monotonic() - killed_at < 60
 
 
-def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(client, fakes, start_process) -> None:
-    pool = start_process("worker", **SLOW)
+def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(
+    client, fakes, start_process, redis
+) -> None:
+    pool = start_process("worker", **SLOW, WORKER_PROCESSES="2")
     start_process("scheduler", **SLOW)
     slow_request(client, fakes, "oom")
-    # An OOM kill takes the process running the request; the pool starts a new one.
+    # An OOM kill takes the process running the request (RQ names it as the job's worker); the
+    # pool starts a new one.
     from tests.helpers import descendants
 
-    children = descendants(pool.proc.pid)
-    assert children, pool.output[-2000:]
-    os.kill(children[-1], signal.SIGKILL)
+    holder = Job.fetch(job_id_for("", "oom"), connection=redis).worker_name
+    pid = int(redis.hget(f"rq:worker:{holder}", "pid") or 0)
+    assert pid in descendants(pool.proc.pid), pool.output[-2000:]
+    os.kill(pid, signal.SIGKILL)
     assert_resumed_once(client, fakes, "oom")
+    assert Job.fetch(job_id_for("", "oom"), connection=redis).worker_name != holder
 
 
-def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_process) -> None:
+def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_process, redis) -> None:
     leaving = start_process("worker", **SLOW)
     slow_request(client, fakes, "termed")
     start_process("worker", **SLOW)
     leaving.signal(signal.SIGTERM)
-    assert_resumed_once(client, fakes, "termed")
+    leaving.proc.wait(timeout=10)
+    # Handed back, not finished by a warm shutdown: the worker is gone and the request is not done.
+    assert status_of(client, "termed")["status"] == "processing"
+    assert fakes[2].callbacks_for("termed") == []
+    record = assert_resumed_once(client, fakes, "termed")
+    assert record["status"] == "completed"
+
+
+#: A deploy's restarts come faster than any video: Pika's job is finished by the test.
+DEPLOYS = {"MAX_CHECK_TIME": "300"}
+
+
+def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process, redis) -> None:
+    """More SIGTERM restarts than PIPELINE_RETRIES: each hands the request back without spending a retry."""
+    fake_replicate, fake_pika, fake_game = fakes
+    fake_pika.duration = 600
+    submit(client, "deploys")
+    job_id = job_id_for("", "deploys")
+    for _ in range(PIPELINE_RETRIES + 2):
+        leaving = start_process("worker", **DEPLOYS)
+        wait_for(
+            lambda: Job.fetch(job_id, connection=redis).get_status() == JobStatus.STARTED,
+            timeout=20,
+            what="a worker to start the request",
+        )
+        wait_for(lambda: fake_pika.generates, what="the Pika job")  # later restarts stop a waiting request
+        leaving.signal(signal.SIGTERM)
+        leaving.proc.wait(timeout=10)
+        job = Job.fetch(job_id, connection=redis)
+        assert job.get_status() == JobStatus.QUEUED, "the request went back to the queue"
+        assert job.retries_left == PIPELINE_RETRIES, "a restart is not a failure"
+        assert status_of(client, "deploys")["status"] in ("queued", "processing")
+    assert fake_game.callbacks == []
+    fake_pika.finish_now(next(iter(fake_pika.jobs)))
+    start_process("worker", **DEPLOYS)
+    record = final_record(client, "deploys", timeout=30)
+    assert record["status"] == "completed", record
+    one_callback(fake_game, "deploys")
+    assert len(fake_replicate.creates) == 1
+    assert len(fake_pika.generates) == 1
 
 
 def test_janitor_reenqueues_a_request_whose_job_was_lost(client, fakes, start_process, redis) -> None:

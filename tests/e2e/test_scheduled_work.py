@@ -1,0 +1,169 @@
+"""Scheduled work keeps moving when a process dies, with the scheduler, heartbeat and janitor defaults.
+
+Real processes: the Procfile's ``worker`` (``rq worker-pool`` of PipelineWorkers) and ``scheduler``
+(the janitor) on a real Redis. The dead process is not restarted: a platform may wait minutes before
+it restarts a crashed one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq.job import Job
+
+from jobs.store import PIPELINE_RETRIES, job_id_for
+from launch import descendants
+from tests.fakes import Fault
+from tests.helpers import ServiceProcess, completed_callback, wait_for
+
+pytestmark = pytest.mark.e2e
+
+LOCK_KEY = "rq:scheduler-lock:i2v"
+#: The settings under test stay at their defaults (empty means "the default").
+DEFAULTS = {"JANITOR_INTERVAL": "", "JANITOR_GRACE": "", "WORKER_HEARTBEAT_INTERVAL": "", "CALLBACK_RETRY_DELAYS": ""}
+#: Issue 10: a callback retry goes out within this many seconds of its due time.
+RETRY_LATENESS = 60.0
+#: Issue 10: a request whose worker died resumes within this many seconds of the kill.
+RESUME_WITHIN = 120.0
+
+
+def status_of(client, request_id: str) -> dict[str, Any]:
+    """The status body of one request."""
+    return client.get(f"/api/v1/i2v/{request_id}").get_json()
+
+
+def lock_holder(redis: Redis) -> int | None:
+    """The pid of the process holding the scheduler lock (its token is ``i2v:<host>:<pid>:<nonce>``)."""
+    token = redis.get(LOCK_KEY)
+    if not token or not token.startswith(b"i2v:"):
+        return None
+    return int(token.split(b":")[2])
+
+
+def pool_of(pid: int, pools: list[ServiceProcess]) -> ServiceProcess | None:
+    """The Procfile process that ``pid`` is, or descends from."""
+    for pool in pools:
+        assert pool.proc is not None
+        if pid == pool.proc.pid or pid in descendants(pool.proc.pid):
+            return pool
+    return None
+
+
+def first_attempt_failed(client, fake_game, request_id: str) -> float:
+    """Submit a request whose first callback is refused; return the Unix time its retry is due."""
+    fake_game.add_fault("callback", Fault.error(503))
+    resp = client.post(
+        "/api/v1/i2v",
+        json={"image_id": "https://cdn.example.com/images/plane.jpg"},
+        headers={"x-request-id": request_id},
+    )
+    assert resp.status_code == 202, resp.get_json()
+    record = wait_for(
+        lambda: (body := status_of(client, request_id))["callback"]["next_attempt_at"] and body,
+        timeout=30,
+        interval=0.1,
+        what="the first callback attempt to fail",
+    )
+    assert record["callback"]["attempts"] == 1, record
+    return datetime.fromisoformat(record["callback"]["next_attempt_at"].replace("Z", "+00:00")).timestamp()
+
+
+def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> None:
+    """The retry was sent once, within ``RETRY_LATENESS`` of ``due``, and was the last attempt."""
+    attempts = wait_for(
+        lambda: len(fake_game.requests_for("callback")) >= 2 and fake_game.requests_for("callback"),
+        timeout=due - time.time() + RETRY_LATENESS + 10,
+        interval=0.2,
+        what="the callback retry",
+    )
+    assert attempts[1].at - due < RETRY_LATENESS, f"sent {attempts[1].at - due:.0f} s after its due time"
+    record = wait_for(
+        lambda: (body := status_of(client, request_id))["callback"]["status"] == "delivered" and body,
+        timeout=10,
+        what="the delivery recorded",
+    )
+    time.sleep(1.5)  # a second mover would move (and send) it again within about a second
+    assert len(fake_game.requests_for("callback")) == 2
+    assert record["callback"]["attempts"] == 2
+    assert len(fake_game.callbacks_for(request_id)) == 1
+
+
+def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fakes, start_process, redis) -> None:
+    """SIGKILL of the scheduler process that holds the lock: a worker's stand-in takes over in time."""
+    _, _, fake_game = fakes
+    janitor = start_process("scheduler", **DEFAULTS)
+    pool = start_process("worker", **DEFAULTS)
+    assert janitor.proc is not None
+    wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, what="the janitor to take the lock")
+
+    due = first_attempt_failed(client, fake_game, "sched-janitor")
+    janitor.kill()
+    assert_retried_in_time(client, fake_game, "sched-janitor", due)
+    holder = lock_holder(redis)
+    assert holder is not None and pool_of(holder, [pool]) is pool, "the worker's stand-in holds the lock now"
+
+
+def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fakes, start_process, redis) -> None:
+    """No janitor runs: SIGKILL of the whole worker whose process holds the lock; the other worker takes over."""
+    _, _, fake_game = fakes
+    pools = [start_process("worker", **DEFAULTS), start_process("worker", **DEFAULTS)]
+    wait_for(lambda: lock_holder(redis), timeout=20, what="a worker to take the lock")
+    due = first_attempt_failed(client, fake_game, "sched-worker")
+
+    holding = pool_of(lock_holder(redis) or 0, pools)
+    assert holding is not None, "the lock holder is one of the worker processes"
+    holding.kill()
+    survivor = next(pool for pool in pools if pool is not holding)
+    assert_retried_in_time(client, fake_game, "sched-worker", due)
+    holder = lock_holder(redis)
+    assert holder is not None and pool_of(holder, [survivor]) is survivor
+
+
+@pytest.mark.timeout(RESUME_WITHIN + 120)
+def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fakes, start_process, redis) -> None:
+    """SIGKILL of the pool process running a request (an OOM kill): another one resumes it in time.
+
+    The killed process is shown to be the one that held the request: RQ names it as the job's worker.
+    """
+    fake_replicate, fake_pika, fake_game = fakes
+    fake_pika.duration = 20
+    slow = {**DEFAULTS, "MAX_CHECK_TIME": "300"}
+    start_process("scheduler", **slow)
+    pool = start_process("worker", **slow, WORKER_PROCESSES="2")
+    resp = client.post(
+        "/api/v1/i2v",
+        json={"image_id": "https://cdn.example.com/images/plane.jpg"},
+        headers={"x-request-id": "sched-oom"},
+    )
+    assert resp.status_code == 202
+    wait_for(lambda: status_of(client, "sched-oom")["provider"]["job_id"], timeout=30, what="a Pika job")
+
+    job = Job.fetch(job_id_for("", "sched-oom"), connection=redis)
+    pid = int(redis.hget(f"rq:worker:{job.worker_name}", "pid") or 0)
+    assert pool.proc is not None and pid in descendants(pool.proc.pid), "the job's worker is a process of the pool"
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+
+    def resumed() -> Job | None:
+        again = Job.fetch(job.id, connection=redis)
+        return again if again.worker_name not in (None, job.worker_name) else None
+
+    again = wait_for(resumed, timeout=RESUME_WITHIN, interval=0.5, what="another process to resume the request")
+    assert time.time() - killed_at < RESUME_WITHIN
+    assert again.retries_left == PIPELINE_RETRIES - 1, "the crash counted as one failure"
+
+    def delivered() -> dict[str, Any] | None:
+        body = status_of(client, "sched-oom")
+        return body if body["callback"]["status"] == "delivered" else None
+
+    record = wait_for(delivered, timeout=fake_pika.duration + 30, interval=0.5, what="the resumed request to finish")
+    assert record["status"] == "completed"
+    assert len(fake_game.callbacks_for("sched-oom")) == 1
+    assert fake_game.callbacks_for("sched-oom")[0].json == completed_callback(record["video_url"], "Plane fly")
+    assert len(fake_pika.generates) == 1 and len(fake_replicate.creates) == 1
