@@ -95,7 +95,9 @@ FLAKES: list[tuple[str, str, Fault, float]] = [
 #: Faults of each half of the run, shuffled within the half. Each half kills the scheduler-lock
 #: holder on purpose, so the second half's kill is never followed by a full lock TTL of restarts.
 FIRST_HALF = ["kill lock holder", "term pool", "kill pool", "kill janitor", "term web", "pause redis", "kill redis"]
-SECOND_HALF = ["kill lock holder", "term lock holder", "kill pool", "term janitor", "kill web", "pause redis"]
+#: "kill pool on resume": every idle worker takes a job the moment Redis answers again, and one pool
+#: dies right then, between taking its jobs and starting them.
+SECOND_HALF = ["kill lock holder", "term lock holder", "kill pool on resume", "term janitor", "kill web", "pause redis"]
 
 
 class ChaosRedis:
@@ -279,6 +281,10 @@ class Chaos:
             cluster.replace_web(sig)
         elif name == "pause redis":
             cluster.redis.pause(REDIS_PAUSE)
+        elif name == "kill pool on resume":
+            cluster.redis.pause(REDIS_PAUSE)
+            time.sleep(self.rng.uniform(0, 0.05))
+            cluster.replace_pool(self.rng.choice(cluster.pools), signal.SIGKILL)
         elif name == "kill redis":
             cluster.redis.kill_and_restart()
         else:
