@@ -92,8 +92,8 @@ FLAKES: list[tuple[str, str, Fault, float]] = [
     ("game", "callback", Fault.error(503), 0.30),
 ]
 
-#: Faults of each half of the run, shuffled within the half. Each half kills the scheduler-lock
-#: holder on purpose, so the second half's kill is never followed by a full lock TTL of restarts.
+#: Faults of each half of the run, shuffled within the half. Each half kills the holder of
+#: ``rq:scheduler-lock:<queue>`` on purpose: callback retries wait for whoever holds it next.
 FIRST_HALF = ["kill lock holder", "term pool", "kill pool", "kill janitor", "term web", "pause redis", "kill redis"]
 #: "kill pool on resume": every idle worker takes a job the moment Redis answers again, and one pool
 #: dies right then, between taking its jobs and starting them.
@@ -360,7 +360,7 @@ def cluster(chaos_redis: ChaosRedis, start_process, tmp_path: Path) -> Cluster:
 
 
 @pytest.mark.timeout(240)
-def test_chaos_every_accepted_request_is_called_back_once_and_paid_once(
+def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(
     cluster: Cluster, fakes: tuple[FakeReplicate, FakePika, FakeGame]
 ) -> None:
     """Kills, pauses and flaky upstreams: every request called back, nothing paid twice, one outcome each."""
