@@ -265,8 +265,10 @@ def test_pika_auth_unknown_job_and_failed_outcome(fake_pika: FakePika) -> None:
 def test_flaky_faults_hit_about_their_share_and_repeat_with_their_seed(fake_game: FakeGame) -> None:
     url = f"{fake_game.url}/requests/r1/callback"
 
+    body = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
+
     def statuses(n: int) -> list[int]:
-        return [requests.post(url, json={"n": i}, timeout=5).status_code for i in range(n)]
+        return [requests.post(url, json=body, timeout=5).status_code for _ in range(n)]
 
     fake_game.require_key = False
     fake_game.add_flaky_fault("callback", Fault.error(503), probability=0.3, seed=7)
