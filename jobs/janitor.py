@@ -6,6 +6,8 @@ The Procfile runs it as ``scheduler``. Every ``JANITOR_INTERVAL`` seconds it
   them, and the job resumes from its record — the same prediction, the same Pika job;
 - re-enqueues unfinished requests whose job is gone, and fails those whose job failed for good;
 - restarts callback delivery that a crash interrupted;
+- puts back on the queue the jobs a worker took off it and died before starting (see
+  :class:`StrandedJobs`);
 - removes stored videos older than ``MEDIA_TTL`` (disk store; Redis expires its own).
 
 Besides, a thread of it moves due scheduled jobs (callback retries) every second (jobs.scheduling).
@@ -55,21 +57,87 @@ def job_status(ctx: Context, job_id: str) -> JobStatus | None:
         return None
 
 
-def sweep(ctx: Context, *, hand_back_abandoned: bool = True) -> dict[str, int]:
+# Put a stranded job back at the front of its queue if it still waits to run and is not there
+# already; otherwise only drop the stale entry. KEYS: intermediate list, queue list, job hash.
+_PUT_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[3], 'status') ~= 'queued' or redis.call('LPOS', KEYS[2], ARGV[1]) then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class StrandedJobs:
+    """Jobs a worker took off the queue and died (or was stopped) before starting: put back after a while.
+
+    Taking a job, RQ moves its id from the queue to an intermediate list; starting it, the worker
+    records the execution and drops the id from that list. A worker killed in between leaves the
+    job there, still ``queued`` (so :func:`check_request` leaves it alone), and only RQ's own
+    maintenance looks, ten minutes or more later. A job found there without an execution on every
+    sweep for ``after`` seconds (a heartbeat's lifetime: no live worker takes that long to start a
+    job) goes back to the front of its queue.
+
+    Args:
+        after: seconds a job must stay stranded before it is put back.
+        clock: monotonic seconds (tests move it forward).
+    """
+
+    def __init__(self, after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.after = after
+        self.clock = clock
+        #: Job id -> when this process first saw it stranded, for the jobs stranded at the last look.
+        self.seen: dict[str, float] = {}
+
+    def put_back(self, ctx: Context) -> int:
+        """Put back the jobs stranded for long enough; returns how many went back on the queue."""
+        queue = ctx.queue
+        waiting = queue.intermediate_queue.get_job_ids()
+        if not waiting:
+            self.seen = {}
+            return 0
+        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
+        now = self.clock()
+        self.seen = {job_id: self.seen.get(job_id, now) for job_id in waiting if job_id not in started}
+        put_back = ctx.redis.register_script(_PUT_BACK)
+        moved = []
+        for job_id, first_seen in list(self.seen.items()):
+            if now - first_seen < self.after:
+                continue
+            del self.seen[job_id]
+            keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id)]
+            if put_back(keys=keys, args=[job_id]):
+                moved.append(job_id)
+        if moved:
+            log.warning("jobs stranded by a dead worker put back on the queue", extra={"jobs": moved})
+        return len(moved)
+
+    def forget(self) -> None:
+        """Start over: after a Redis outage a live worker may have been slow to start its job."""
+        self.seen = {}
+
+
+def sweep(ctx: Context, *, hand_back_abandoned: bool = True, stranded: StrandedJobs | None = None) -> dict[str, int]:
     """One round of checks. Returns counts of what it did, for logs and tests.
 
     Args:
         ctx: the context.
         hand_back_abandoned: False right after a Redis outage, when heartbeats look stale only
             because nobody could write them; live workers get one heartbeat period to catch up.
+        stranded: what the caller knows of jobs stranded between a worker's dequeue and start;
+            None to leave them alone.
     """
-    done = {"abandoned": 0, "requeued": 0, "failed": 0, "redelivered": 0, "media_removed": 0}
+    done = {"abandoned": 0, "stranded": 0, "requeued": 0, "failed": 0, "redelivered": 0, "media_removed": 0}
     registry = StartedJobRegistry(queue=ctx.queue)
     expired = registry.get_expired_job_ids() if hand_back_abandoned else []
     if expired:
         registry.cleanup()
         done["abandoned"] = len(expired)
         log.warning("abandoned jobs handed back to RQ", extra={"jobs": expired})
+    if stranded is not None:
+        if hand_back_abandoned:
+            done["stranded"] = stranded.put_back(ctx)
+        else:
+            stranded.forget()
     done["media_removed"] = ctx.media.expire()
     for key in ctx.store.active(older_than=ctx.settings.janitor_grace):
         record = ctx.store.get_by_key(key)
@@ -140,6 +208,7 @@ class Janitor:
         self.lock_ttl = max(5, int(ctx.settings.janitor_interval * 3))
         self.heartbeat_ttl = ctx.settings.worker_heartbeat_interval + PipelineWorker.HEARTBEAT_GRACE
         self.trust_heartbeats_at = 0.0
+        self.stranded = StrandedJobs(self.heartbeat_ttl, clock)
 
     def tick(self) -> dict[str, int] | None:
         """One round: take or keep the lock, then sweep. None when another janitor holds the lock.
@@ -158,7 +227,7 @@ class Janitor:
             # Checked after the lock's round trips too: the first sweep after an outage must not
             # take the heartbeats that nobody could write during it for dead workers.
             self._note_outage(started)
-            return sweep(self.ctx, hand_back_abandoned=self.clock() >= self.trust_heartbeats_at)
+            return sweep(self.ctx, hand_back_abandoned=self.clock() >= self.trust_heartbeats_at, stranded=self.stranded)
         finally:
             self._note_outage(started)
 

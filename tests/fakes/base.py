@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import socket
 import struct
@@ -318,6 +319,8 @@ class FakeServer:
         self.lock = threading.RLock()
         self._requests: list[Recorded] = []
         self._faults: list[list[Any]] = []  # [route, fault, remaining times or None]
+        self._flaky: list[tuple[str, Fault, float]] = []  # [route, fault, probability]
+        self._flaky_rng = random.Random(0)
         self._errors: list[str] = []
         self._server: _Server | None = None
         self._port: int | None = None
@@ -379,6 +382,7 @@ class FakeServer:
         with self.lock:
             self._requests.clear()
             self._faults.clear()
+            self._flaky.clear()
             self._errors.clear()
             self.reset_state()
 
@@ -419,10 +423,26 @@ class FakeServer:
         with self.lock:
             self._faults.append([route_name, fault, times])
 
+    def add_flaky_fault(self, route_name: str, fault: Fault, probability: float, seed: int | None = None) -> None:
+        """Play ``fault`` on each request of a route with ``probability``, until reset.
+
+        Counted faults (:meth:`add_fault`) come first. The draws come from one random generator per
+        fake; ``seed`` restarts it, so a run with the same order of requests meets the same faults.
+        """
+        if route_name != ANY_ROUTE and route_name not in {r.name for r in self._routes}:
+            raise ValueError(f"unknown route {route_name!r}; known: {sorted({r.name for r in self._routes})}")
+        if not 0 <= probability <= 1:
+            raise ValueError("probability must be between 0 and 1")
+        with self.lock:
+            if seed is not None:
+                self._flaky_rng.seed(seed)
+            self._flaky.append((route_name, fault, probability))
+
     def clear_faults(self) -> None:
-        """Drop pending faults."""
+        """Drop pending faults, flaky ones too."""
         with self.lock:
             self._faults.clear()
+            self._flaky.clear()
 
     def _take_fault(self, route_name: str | None) -> Fault | None:
         with self.lock:
@@ -433,6 +453,9 @@ class FakeServer:
                         entry[2] = remaining - 1
                         if entry[2] == 0:
                             self._faults.remove(entry)
+                    return fault
+            for name, fault, probability in self._flaky:
+                if name in (ANY_ROUTE, route_name) and self._flaky_rng.random() < probability:
                     return fault
         return None
 

@@ -271,6 +271,31 @@ def test_pika_auth_unknown_job_and_failed_outcome(fake_pika: FakePika) -> None:
 # -- GAME ----------------------------------------------------------------------------------------
 
 
+def test_flaky_faults_hit_about_their_share_and_repeat_with_their_seed(fake_game: FakeGame) -> None:
+    url = f"{fake_game.url}/requests/r1/callback"
+
+    body = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
+
+    def statuses(n: int) -> list[int]:
+        return [requests.post(url, json=body, timeout=5).status_code for _ in range(n)]
+
+    fake_game.require_key = False
+    fake_game.add_flaky_fault("callback", Fault.error(503), probability=0.3, seed=7)
+    first = statuses(200)
+    fake_game.clear_faults()
+    fake_game.add_flaky_fault("callback", Fault.error(503), probability=0.3, seed=7)
+    second = statuses(200)
+    fake_game.clear_faults()
+
+    assert set(first) == {200, 503}
+    assert 30 <= first.count(503) <= 90, first.count(503)
+    assert first == second
+    assert len(fake_game.callbacks) == first.count(200) + second.count(200)
+    assert statuses(20) == [200] * 20
+    with pytest.raises(ValueError):
+        fake_game.add_flaky_fault("callback", Fault.error(503), probability=1.5)
+
+
 def test_game_records_callbacks_and_rejects_wrong_keys(fake_game: FakeGame) -> None:
     body = {
         "data": {

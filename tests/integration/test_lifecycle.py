@@ -295,6 +295,44 @@ def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, 
     assert final_record(client, "cbcrash", timeout=30)["callback"]["status"] == "delivered"
 
 
+def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(
+    client, fakes, start_process, redis
+) -> None:
+    _, fake_pika, fake_game = fakes
+    submit(client, "limbo")
+    # A worker took the job off the queue (RQ moves it to an intermediate list) and died before it
+    # marked the job started: the job still says queued, and no worker looks at that list in time.
+    assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == job_id_for("", "limbo").encode()
+    start_process("worker")
+    start_process("scheduler")
+    assert final_record(client, "limbo", timeout=40)["status"] == "completed"
+    assert one_callback(fake_game, "limbo")["data"]["status"] == "COMPLETED"
+    assert len(fake_pika.generates) == 1
+    assert redis.llen("rq:queue:i2v:intermediate") == 0
+
+
+def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
+    client, fakes, start_process, redis, settings
+) -> None:
+    from rq import Queue
+
+    from jobs.store import RequestStore, enqueue_delivery
+
+    _, _, fake_game = fakes
+    submit(client, "limbo-cb")
+    key = record_key("", "limbo-cb")
+    redis.delete(f"rq:job:{job_id_for('', 'limbo-cb')}")
+    redis.lrem("rq:queue:i2v", 0, job_id_for("", "limbo-cb"))
+    RequestStore(redis, settings.record_ttl).finish(key, "failed", error_code="generation_failed", error_message="x")
+    delivery = enqueue_delivery(Queue("i2v", connection=redis), key)
+    # The worker that took the first delivery attempt off the queue died before starting it.
+    assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == delivery.id.encode()
+    start_process("worker")
+    start_process("scheduler")
+    assert one_callback(fake_game, "limbo-cb") == FAILED
+    assert final_record(client, "limbo-cb", timeout=40)["callback"]["status"] == "delivered"
+
+
 @pytest.mark.parametrize("count", [3])
 def test_status_eta_counts_the_queue(client, redis, fakes, count) -> None:
     for n in range(count):
