@@ -1,5 +1,6 @@
-"""The documentation names every setting the service reads."""
+"""The documentation names every setting the service reads, and its links lead somewhere."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,9 +9,52 @@ from config import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: The Markdown a reader follows links through: the README, the reference under docs/, the changelog.
+DOCUMENTS = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")])
 
-@pytest.mark.parametrize("document", ["README.md", ".env.example"])
+#: A Markdown link, inline: [text](target).
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("document", ["docs/configuration.md", ".env.example"])
 def test_every_setting_is_documented(document: str) -> None:
     text = (ROOT / document).read_text()
     missing = sorted(name for name in VARIABLES if f"{name}" not in text)
     assert missing == [], f"{document} does not mention {missing}"
+
+
+def anchors(path: Path) -> set[str]:
+    """The heading anchors GitHub makes for a Markdown file (duplicates get -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    out = set()
+    in_code = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not line.startswith("#"):
+            continue
+        title = line.lstrip("#").strip().lower()
+        slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def links(path: Path) -> list[str]:
+    """Relative link targets in a Markdown file, outside code blocks."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading(document: Path) -> None:
+    broken = []
+    for target in links(document):
+        name, _, anchor = target.partition("#")
+        path = (document.parent / name).resolve() if name else document
+        if not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(target)
+    assert broken == [], f"{document.relative_to(ROOT)} links to what does not exist: {broken}"
