@@ -134,7 +134,7 @@ def list_requests(status_filter: str | None, limit: int) -> None:
 @i2v.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 def worker(burst: bool) -> None:
-    """Run a pipeline worker in this process (what the Procfile's ``worker`` line runs)."""
+    """Run one pipeline worker in this process (the Procfile's ``worker`` line runs a pool of them)."""
     from jobs.worker import PipelineWorker  # the web process never imports worker code
 
     PipelineWorker([services.settings().queue_name]).work(burst=burst)  # moves scheduled jobs itself
