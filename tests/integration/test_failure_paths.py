@@ -1,7 +1,8 @@
 """Every documented failure path on a real RQ worker and Redis, against the fakes.
 
-Each test here fails when the behaviour it names is taken out of the service: the README's
-"Provider errors" and "Crash safety" tables, the Pika settings on the wire, and callback delivery.
+Each test here fails when the behaviour it names is taken out of the service: the "Provider errors"
+table of docs/api.md and "Crash safety" in docs/architecture.md, the Pika settings on the wire, and
+callback delivery.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.integration.test_pipeline import failed_with, final_record, one_callb
 
 #: Quiet time after a request settles in which a second callback would show up.
 DUPLICATE_GRACE = 0.5
-#: RQ retries of the pipeline job (``Retry(max=5)``), as the README documents them.
+#: RQ retries of the pipeline job (``Retry(max=5)``), as docs/architecture.md documents them.
 PIPELINE_RETRIES = 5
 
 
@@ -84,7 +85,7 @@ def test_worker_killed_while_a_create_is_in_flight_does_not_pay_twice(
     client, fakes, start_process, provider: str, route: str, code: str
 ) -> None:
     """SIGKILL while the provider holds a create (caption) or submission (video): the resumed job ends as
-    the README documents, and the provider saw that one request only."""
+    docs/architecture.md documents, and the provider saw that one request only."""
     fake_replicate, fake_pika, fake_game = fakes
     fake = {"replicate": fake_replicate, "pika": fake_pika}[provider]
     fake.add_fault(route, Fault.slow(HELD))  # answered, but only after the worker is gone
