@@ -93,8 +93,9 @@ def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage
         what="the text line of the polling step",
     )
     assert line
-    # RQ's own lines (the job it picked up) go through the same formatter.
-    assert re.search(rf"^{stamp} INFO +rq\.worker.*Job OK", worker.output, re.MULTILINE), worker.output
+    # RQ's own lines, of the pool and of its workers, go through the same formatter.
+    assert re.search(rf"^{stamp} INFO +rq\.worker_pool Starting worker pool", worker.output, re.MULTILINE)
+    assert re.search(rf"^{stamp} INFO +rq\.worker .*Job OK", worker.output, re.MULTILINE), worker.output
     assert not [line for line in worker.output.splitlines() if line.startswith("{")]
     for secret in ("r8_test_token_0123456789", "pika_test_token_0123456789", "game_test_key_0123456789"):
         assert secret not in worker.output
