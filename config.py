@@ -30,6 +30,7 @@ DEFAULT_REPLICATE_MODEL_ID = (
 CLIP_MODEL_NAMES = ("ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k")
 CLIP_MODES = ("best", "classic", "fast", "negative")
 PIKA_ASPECT_RATIOS = ("16:9", "9:16", "1:1", "5:2", "4:5", "4:3")
+LOG_FORMATS = ("json", "text")
 #: Plain API and admin keys shorter than this are refused: they could be guessed.
 MIN_KEY_LENGTH = 16
 #: The server secret that media names are made from must be at least this long.
@@ -141,6 +142,8 @@ class Settings:
     # Records and the web edge.
     record_ttl: int = 7 * 24 * 3600
     log_level: str = "INFO"
+    #: ``json`` (one object per line, for log platforms) or ``text`` (one readable line, for people).
+    log_format: str = "json"
 
     @property
     def generation_deadline(self) -> float:
@@ -344,6 +347,7 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CLIP_MODE": ("clip_mode", CLIP_MODES),
     "PIKA_ASPECT_RATIO": ("pika_aspect_ratio", ("", *PIKA_ASPECT_RATIOS)),
     "LOG_LEVEL": ("log_level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    "LOG_FORMAT": ("log_format", LOG_FORMATS),
     "I2V_ENV": ("env", ("production", "development")),
     "CAPTION_BACKEND": ("caption_backend", ("replicate", "local")),
     "VIDEO_BACKEND": ("video_backend", ("pika", "replicate", "local")),
@@ -487,7 +491,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
             values[attr] = _parse_url(name, raw, schemes)
     for name, (attr, choices) in _CHOICES.items():
         if (raw := given(name)) is not None:
-            values[attr] = _parse_choice(name, raw.upper() if name == "LOG_LEVEL" else raw, choices)
+            cased = raw.upper() if name == "LOG_LEVEL" else raw.lower() if name == "LOG_FORMAT" else raw
+            values[attr] = _parse_choice(name, cased, choices)
     if (raw := given("REPLICATE_MODEL_ID")) is not None:
         values["replicate_model_id"] = _parse_model_id(raw)
     if (raw := given("CALLBACK_RETRY_DELAYS")) is not None:
@@ -588,7 +593,7 @@ class SecretFilter(logging.Filter):
     """Masks known secrets in records of loggers whose output this service does not format itself.
 
     RQ's and gunicorn's loggers print with their own handlers; attached to those handlers (or to
-    RQ's logger), this puts their lines through the same masking as :class:`JsonLogFormatter`.
+    RQ's logger), this puts their lines through the same masking as our own log formatters.
     """
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
@@ -607,8 +612,8 @@ class SecretFilter(logging.Filter):
         return True
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any structured extras.
+class _LogFormatter(logging.Formatter):
+    """What both log formats share: the record's structured extras and the secret masking.
 
     Known secret values are masked wherever they appear, as a last line of defence: no code path
     is meant to log them in the first place.
@@ -620,6 +625,14 @@ class JsonLogFormatter(logging.Formatter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if len(s) >= 4)
 
+    def extras(self, record: logging.LogRecord) -> dict[str, object]:
+        """The fields a call added with ``extra=``, in the order it gave them."""
+        return {k: v for k, v in record.__dict__.items() if k not in self._STANDARD and not k.startswith("_")}
+
+
+class JsonLogFormatter(_LogFormatter):
+    """One JSON object per line: time, level, logger, message and any structured extras."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -627,25 +640,61 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name, value in record.__dict__.items():
-            if name not in self._STANDARD and not name.startswith("_"):
-                entry[name] = value
+        entry.update(self.extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return mask(json.dumps(entry, default=str), self.secrets)
 
 
+def _text_value(value: object) -> str:
+    """A ``key=value`` value: bare when it is one plain word, else quoted as a JSON string."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text and not any(c.isspace() or c in '"=\\' for c in text) and text.isprintable():
+        return text
+    return json.dumps(text)
+
+
+class TextLogFormatter(_LogFormatter):
+    """One readable line per event: time, level, logger, message, then the extras as ``key=value``.
+
+    ``request_id`` and ``stage`` come first, so that a person can follow one request by eye; a
+    traceback follows on indented lines. Masks secrets exactly as :class:`JsonLogFormatter` does.
+    """
+
+    _FIRST = ("request_id", "stage")
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        parts = [f"{ts}.{int(record.msecs):03d}Z", f"{record.levelname:<7}", record.name, record.getMessage()]
+        extras = self.extras(record)
+        ordered = [k for k in self._FIRST if k in extras] + [k for k in extras if k not in self._FIRST]
+        parts += [f"{key}={_text_value(extras[key])}" for key in ordered]
+        line = " ".join(parts)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        # Continuation lines (a multi-line message, a traceback) are indented: one event, one block.
+        return mask(line.rstrip("\n").replace("\n", "\n    "), self.secrets)
+
+
+def log_formatter(settings: Settings) -> logging.Formatter:
+    """The formatter ``LOG_FORMAT`` asks for, masking the known secrets of ``settings``."""
+    kind = TextLogFormatter if settings.log_format == "text" else JsonLogFormatter
+    return kind(known_secrets(settings))
+
+
 def configure_logging(settings: Settings) -> None:
-    """Send JSON lines to stderr at ``LOG_LEVEL`` (idempotent: one handler per process)."""
+    """Send log lines to stderr in ``LOG_FORMAT`` at ``LOG_LEVEL`` (idempotent: one handler per process)."""
     root = logging.getLogger()
-    secrets = known_secrets(settings)
+    formatter = log_formatter(settings)
     for handler in root.handlers:
-        if isinstance(handler.formatter, JsonLogFormatter):
-            handler.formatter.secrets = secrets
+        if isinstance(handler.formatter, _LogFormatter):
+            handler.setFormatter(formatter)
             break
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(JsonLogFormatter(secrets))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     # httpx logs every request URL at INFO; the status codes we care about are logged by us.

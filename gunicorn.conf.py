@@ -38,6 +38,8 @@ keepalive = 5
 preload_app = True
 control_socket_disable = True
 accesslog = "-"
+#: The access line for ``LOG_FORMAT=text`` (MaskingLogger switches to it).
+TEXT_ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s bytes %(M)s ms'
 access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
@@ -78,21 +80,31 @@ def when_ready(server: object) -> None:
 
 
 class MaskingLogger(Logger):
-    """gunicorn's logger, with known secrets (tokens, the Redis password) masked in every line."""
+    """gunicorn's logger in the service's ``LOG_FORMAT``, with known secrets masked in every line.
+
+    Its own lines (start, stop, worker restarts) go through the same formatter as the app's; in
+    ``text`` the access line is readable text too, in ``json`` it stays the JSON object above.
+    """
 
     def setup(self, cfg: object) -> None:
-        """Set up gunicorn's handlers, then put each of them through the secret filter."""
-        super().setup(cfg)
-        from config import ConfigError, SecretFilter, known_secrets, load_settings
+        """Set up gunicorn's handlers, then give them our formatter and the secret filter."""
+        from config import ConfigError, SecretFilter, known_secrets, load_settings, log_formatter
 
         try:
-            secrets = known_secrets(load_settings())
+            settings = load_settings()
         except ConfigError:
+            super().setup(cfg)
             return  # the app stops at start with a message that is masked already
-        secret_filter = SecretFilter(secrets)
+        if settings.log_format == "text":
+            cfg.set("access_log_format", TEXT_ACCESS_LOG_FORMAT)
+        super().setup(cfg)
+        secret_filter = SecretFilter(known_secrets(settings))
+        formatter = log_formatter(settings)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.addFilter(secret_filter)
+                if log is self.error_log or settings.log_format == "text":
+                    handler.setFormatter(formatter)
 
 
 logger_class = MaskingLogger

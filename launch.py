@@ -163,6 +163,21 @@ def _pump(name: str, stream, width: int) -> None:
         sys.stdout.flush()
 
 
+def choose_log_format(env: dict[str, str], terminal: bool) -> str | None:
+    """Readable log lines for a person watching: ``LOG_FORMAT=text`` when the output is a terminal.
+
+    A ``LOG_FORMAT`` already given (environment or ``.env``) always wins; output to a pipe or a
+    file keeps the default JSON lines, which tools read.
+
+    Returns:
+        The format chosen here, or None when the children keep what they were given.
+    """
+    if env.get("LOG_FORMAT", "").strip() or not terminal:
+        return None
+    env["LOG_FORMAT"] = "text"
+    return "text"
+
+
 def development_defaults(env: dict[str, str]) -> list[str]:
     """Fill in what a newcomer without accounts needs; settings already given always win.
 
@@ -209,6 +224,8 @@ def main() -> int:
     env.setdefault("PORT", "8000")
     env.setdefault("HOST", "127.0.0.1")
     banner = development_defaults(env)
+    if choose_log_format(env, sys.stdout.isatty()):
+        banner.append("log lines are readable text (the output is a terminal); LOG_FORMAT=json gives JSON lines")
     children: list[tuple[str, subprocess.Popen]] = []
     if not env.get("REDIS_URL"):
         redis_proc, env["REDIS_URL"] = start_redis(Path(env.get("I2V_INSTANCE_DIR") or ROOT / "instance") / "redis")

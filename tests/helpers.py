@@ -30,6 +30,8 @@ FAST_TIMINGS = {
     "HTTP_READ_TIMEOUT": "1",
     "CALLBACK_RETRY_DELAYS": "0.2,0.2,0.2",
     "LOG_LEVEL": "INFO",
+    # Tests read JSON lines: a LOG_FORMAT=text in the shell must not change them.
+    "LOG_FORMAT": "json",
     "JANITOR_INTERVAL": "0.5",
     "JANITOR_GRACE": "1",
     "WORKER_HEARTBEAT_INTERVAL": "1",

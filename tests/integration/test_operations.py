@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
+import pytest
 import requests
 
 from config import settings_from
@@ -73,6 +75,27 @@ def test_http_metrics_add_up_across_gunicorn_workers(start_process, fakes) -> No
     for _ in range(5):  # whichever worker answers the scrape, the count is the same
         text = requests.get(base + "/metrics", headers={"Connection": "close"}, timeout=5).text
         assert sample(text, "i2v_http_requests_total", method="GET", route="/", status="200") == 30
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_gunicorn_lines_follow_log_format(start_process, fakes, log_format: str) -> None:
+    """gunicorn's own lines and its access line come in LOG_FORMAT, like the app's."""
+    port = free_port()
+    web = start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", LOG_FORMAT=log_format)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _ok(base + "/healthz"), timeout=20, what="gunicorn")
+    wait_for(lambda: "GET /healthz" in web.output, timeout=10, what="the access line")
+    lines = web.output.splitlines()
+    if log_format == "text":
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"
+        assert any(re.match(rf"{stamp} INFO +gunicorn\.error Listening at", line) for line in lines), lines
+        pattern = rf'{stamp} INFO +gunicorn\.access 127\.0\.0\.1 "GET /healthz HTTP/1\.1" 200 \d+ bytes \d+ ms'
+        assert any(re.fullmatch(pattern, line) for line in lines), lines
+        assert not [line for line in lines if line.startswith("{")]
+    else:
+        entries = [json.loads(line) for line in lines]  # every line is one JSON object
+        assert any(e.get("logger") == "gunicorn.error" and "Listening at" in e["message"] for e in entries)
+        assert any(e.get("status") == 200 and e.get("request") == "GET /healthz HTTP/1.1" for e in entries)
 
 
 def _ok(url: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 
@@ -72,6 +73,30 @@ def test_worker_logs_carry_request_id_and_duration_but_no_secrets(client, fakes,
     lines = [json.loads(line) for line in worker.output.splitlines() if line.startswith("{")]
     steps = [line for line in lines if line.get("request_id") == "logged" and "duration_ms" in line]
     assert {line["message"] for line in steps} >= {"captioning ended", "submitting ended", "polling ended"}
+    for secret in ("r8_test_token_0123456789", "pika_test_token_0123456789", "game_test_key_0123456789"):
+        assert secret not in worker.output
+
+
+def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage(client, fakes, start_process) -> None:
+    """LOG_FORMAT=text: our lines and RQ's own carry no JSON; ours name the request and its stage."""
+    worker = start_process("worker", LOG_FORMAT="text")
+    submit(client, "readable")
+    final_record(client, "readable")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"
+    line = wait_for(
+        lambda: re.search(
+            rf"^{stamp} INFO +jobs\.pipeline polling ended request_id=readable stage=polling .*duration_ms=\S+",
+            worker.output,
+            re.MULTILINE,
+        ),
+        timeout=10,
+        what="the text line of the polling step",
+    )
+    assert line
+    # RQ's own lines, of the pool and of its workers, go through the same formatter.
+    assert re.search(rf"^{stamp} INFO +rq\.worker_pool Starting worker pool", worker.output, re.MULTILINE)
+    assert re.search(rf"^{stamp} INFO +rq\.worker .*Job OK", worker.output, re.MULTILINE), worker.output
+    assert not [line for line in worker.output.splitlines() if line.startswith("{")]
     for secret in ("r8_test_token_0123456789", "pika_test_token_0123456789", "game_test_key_0123456789"):
         assert secret not in worker.output
 
