@@ -7,15 +7,14 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from jobs.identity import RequestIdentity
 from jobs.store import (
     PIPELINE_JOB,
     Record,
     RequestStore,
     TargetInUse,
     enqueue_pipeline,
-    job_id_for,
     pipeline_job,
-    target_claim_key,
 )
 
 TIMESTAMPS = {b"created_at", b"enqueued_at"}
@@ -31,7 +30,7 @@ def create(store: RequestStore, queue: Queue, request_id: str) -> Record:
 def test_the_job_is_written_exactly_as_rq_enqueues_it(redis: Redis) -> None:
     queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
     record = create(store, queue, "same-as-rq")
-    job_key = Job.key_for(job_id_for(record.owner, record.request_id))
+    job_key = Job.key_for(record.identity.job_id)
     ours = redis.hgetall(job_key)
     ours_queued = redis.lrange(queue.key, 0, -1)
     assert redis.sismember(Queue.redis_queues_keys, queue.key)
@@ -52,7 +51,7 @@ def test_the_job_is_written_exactly_as_rq_enqueues_it(redis: Redis) -> None:
 def test_rq_reads_the_job_back(redis: Redis) -> None:
     queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
     record = create(store, queue, "read-back")
-    job = Job.fetch(job_id_for(record.owner, record.request_id), connection=redis)
+    job = Job.fetch(record.identity.job_id, connection=redis)
     assert job.func_name == PIPELINE_JOB
     assert job.args == (record.key,)
     assert job.get_status() == JobStatus.QUEUED
@@ -83,7 +82,7 @@ def test_a_repeated_id_writes_nothing(redis: Redis) -> None:
 
 def claimed(owner: str, request_id: str = "game-1") -> Record:
     target = "https://game.example/requests/game-1/callback"
-    claim = target_claim_key(target, request_id)
+    claim = RequestIdentity(owner, request_id).target_claim_key(target)
     return Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg", owner=owner, target_claim=claim)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.delivery import webhook_id
-from jobs.media import legacy_media_name, media_name
-from jobs.store import Record, delivery_job_id, job_id_for, record_key, request_digest, target_claim_key
+from jobs.identity import RequestIdentity
+from jobs.store import Record
 
 # Computed by the release before names moved into one module; never recompute them.
 PINNED = [
@@ -46,22 +45,33 @@ MEDIA_SECRET = "s3cret"
 def test_request_names_are_pinned(
     owner: str, request_id: str, digest: str, legacy_media: str, keyed_media: str
 ) -> None:
-    key = record_key(owner, request_id)
-    assert request_digest(owner, request_id) == digest
-    assert key == f"i2v:req:{digest}"
-    assert job_id_for(owner, request_id) == f"i2v-{digest}"
-    assert delivery_job_id(key, 1) == f"i2v-cb-{digest}-1"
-    assert delivery_job_id(key, 3) == f"i2v-cb-{digest}-3"
-    assert webhook_id(Record(request_id=request_id, image_url="x", owner=owner)) == f"msg_{digest}"
-    assert legacy_media_name(owner, request_id) == legacy_media
-    assert media_name(MEDIA_SECRET, owner, request_id) == keyed_media
+    identity = RequestIdentity(owner, request_id)
+    assert identity.digest == digest
+    assert identity.record_key == f"i2v:req:{digest}"
+    assert identity.job_id == f"i2v-{digest}"
+    assert identity.delivery_job_id(1) == f"i2v-cb-{digest}-1"
+    assert identity.delivery_job_id(3) == f"i2v-cb-{digest}-3"
+    assert identity.webhook_id == f"msg_{digest}"
+    assert identity.legacy_media_name == legacy_media
+    assert identity.media_name(MEDIA_SECRET) == keyed_media
+    record = Record(request_id=request_id, image_url="x", owner=owner)
+    assert record.identity == identity
+    assert record.key == identity.record_key
 
 
 def test_target_claim_keys_are_pinned() -> None:
     assert (
-        target_claim_key("http://127.0.0.1:9/cb", "game:42.1") == "i2v:target:62e5f8fdca43ddea1bdac371ed8d5c2a2d671543"
+        RequestIdentity("key-abc", "game:42.1").target_claim_key("http://127.0.0.1:9/cb")
+        == RequestIdentity("", "game:42.1").target_claim_key("http://127.0.0.1:9/cb")
+        == "i2v:target:62e5f8fdca43ddea1bdac371ed8d5c2a2d671543"
     )
     assert (
-        target_claim_key("https://game.example/r/{request_id}", "запрос")
+        RequestIdentity("", "запрос").target_claim_key("https://game.example/r/{request_id}")
         == "i2v:target:63af7a94e6663f7035b3cd1d1ac0aa54f3f483ed"
     )
+
+
+def test_the_identity_is_not_written_into_the_record() -> None:
+    record = Record(request_id="r-1", image_url="x")
+    assert record.identity.digest
+    assert "identity" not in record.to_redis()
