@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from jobs.identity import RequestIdentity
@@ -39,6 +43,7 @@ PINNED = [
     ),
 ]
 MEDIA_SECRET = "s3cret"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("owner", "request_id", "digest", "legacy_media", "keyed_media"), PINNED)
@@ -75,3 +80,23 @@ def test_the_identity_is_not_written_into_the_record() -> None:
     record = Record(request_id="r-1", image_url="x")
     assert record.identity.digest
     assert "identity" not in record.to_redis()
+
+
+def test_the_web_loads_names_and_states_without_worker_code() -> None:
+    """The web process imports the identity and the states, never the pipeline, provider clients or requests."""
+    code = (
+        "import sys, i2v_app, i2v_app.api, i2v_app.cli, i2v_app.lifecycle\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('jobs', 'requests', 'replicate'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    loaded = set(out.split())
+    assert {"jobs.identity", "jobs.states", "jobs.store"} <= loaded
+    assert loaded <= {
+        "jobs",
+        "jobs.identity",
+        "jobs.states",
+        "jobs.store",
+        "jobs.urlpolicy",
+        "jobs.metrics",
+        "jobs.media",
+    }
