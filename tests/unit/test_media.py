@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -284,9 +285,9 @@ def test_without_a_configured_secret_names_are_keyed_with_one_key_per_deployment
     """No MEDIA_NAME_SECRET: a random key made once and kept in Redis, the same for every worker."""
     record = Record(request_id="r-2", image_url="https://example.com/a.png", owner="key-abc")
     first = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
-    name = video_name(first, Record(**{**record.__dict__}))
+    name = video_name(first, dataclasses.replace(record))
     second = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
-    assert video_name(second, Record(**{**record.__dict__})) == name
+    assert video_name(second, dataclasses.replace(record)) == name
     assert name != RequestIdentity("key-abc", "r-2").legacy_media_name
     assert name == RequestIdentity("key-abc", "r-2").media_name(redis.get(NAME_KEY_IN_REDIS).decode())
     assert len(redis.get(NAME_KEY_IN_REDIS)) >= 64
