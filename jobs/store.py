@@ -1,10 +1,10 @@
 """The request record store: one Redis hash per request, the single source of truth.
 
-This is the only part of ``jobs`` the web process imports. Records are keyed by the request's
-identity (see :mod:`jobs.identity`): the owner (the API key that created the request; empty
-without authentication) and the caller's request id. The pipeline writes
-every provider id the moment it exists, which is what lets a restarted worker resume a request
-instead of paying a provider twice.
+The web process imports it (with the names and states it uses, :mod:`jobs.identity` and
+:mod:`jobs.states`), never the pipeline. Records are keyed by the request's identity: the owner (the
+API key that created the request; empty without authentication) and the caller's request id. The
+pipeline writes every provider id the moment it exists, which is what lets a restarted worker
+resume a request instead of paying a provider twice.
 
 Two owners may use the same request id, but not at the same callback target: the record's create
 also claims (callback URL, request id) for its record, and the claim expires with the record, so
