@@ -20,6 +20,7 @@ from i2v_app.schemas import (
     SubmitReplySchema,
     SubmitSchema,
 )
+from jobs.states import Status
 from jobs.store import Record
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
@@ -42,7 +43,7 @@ def estimate(record: Record) -> tuple[int, int] | None:
     """Expected and latest seconds to the callback, from the queue and the timing settings."""
     if record.terminal:
         return None
-    ahead, workers = services.queue_load(record) if record.status == "queued" else (0, 1)
+    ahead, workers = services.queue_load(record) if record.status == Status.QUEUED else (0, 1)
     return eta.estimate(services.settings(), record, ahead, workers)
 
 

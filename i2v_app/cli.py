@@ -15,7 +15,9 @@ from marshmallow import ValidationError
 from i2v_app import lifecycle, services
 from i2v_app.api import present
 from i2v_app.schemas import SubmitSchema, validate_request_id
-from jobs.store import KEY_PREFIX, Record
+from jobs.identity import KEY_PREFIX
+from jobs.states import Stage, Status
+from jobs.store import Record
 
 i2v = AppGroup("i2v", help="Inspect and steer image-to-video requests.")
 
@@ -90,19 +92,22 @@ def submit(image_url: str, request_id: str | None, wait: bool, owner: str) -> No
     if wait:
         stored = _wait(stored)
         _print(stored)
-        if stored.status != "completed":
+        if stored.status != Status.COMPLETED:
             raise SystemExit(1)
+
+
+#: How far along the progress bar each stage starts (polling then moves with the provider's progress).
+_STAGE_SHARE = {Stage.CAPTIONING: 10, Stage.SUBMITTING: 20, Stage.WAITING: 30, Stage.POLLING: 40, Stage.DELIVERING: 100}
 
 
 def _wait(record: Record) -> Record:
     """Follow a request until it finishes, showing its stage and progress."""
     store = services.store()
-    with click.progressbar(length=100, label="queued", show_percent=True) as bar:
+    with click.progressbar(length=100, label=Status.QUEUED, show_percent=True) as bar:
         done = 0
         while True:
             current = store.get_by_key(record.key) or record
-            stage_share = {"captioning": 10, "submitting": 20, "waiting": 30, "polling": 40, "delivering": 100}
-            target = max(stage_share.get(current.stage or "", 0), 40 + (current.provider_progress or 0) * 6 // 10)
+            target = max(_STAGE_SHARE.get(current.stage or "", 0), 40 + (current.provider_progress or 0) * 6 // 10)
             if current.terminal:
                 target = 100
             bar.label = current.stage or current.status
@@ -114,9 +119,7 @@ def _wait(record: Record) -> Record:
 
 
 @i2v.command("list")
-@click.option(
-    "--status", "status_filter", type=click.Choice(["queued", "processing", "completed", "failed", "canceled"])
-)
+@click.option("--status", "status_filter", type=click.Choice([s.value for s in Status]))
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
 def list_requests(status_filter: str | None, limit: int) -> None:
     """List requests (newest first), optionally only those with one status."""

@@ -6,6 +6,7 @@ import math
 import time
 
 from config import Settings
+from jobs.states import Status
 from jobs.store import Record
 
 #: What a CLIP Interrogator caption usually takes in ``best`` mode.
@@ -54,7 +55,7 @@ def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tu
     if record.terminal:
         return None
     now = time.time()
-    if record.status == "queued":
+    if record.status == Status.QUEUED:
         # Each worker takes one request at a time: the queue drains in waves of `workers`.
         wait = (ahead // max(workers, 1)) * typical_run(settings)
         return math.ceil(wait + typical_run(settings)), math.ceil(wait + latest_run(settings))

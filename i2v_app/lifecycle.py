@@ -15,9 +15,7 @@ from jobs.store import (
     TargetInUse,
     callback_url,
     enqueue_delivery,
-    job_id_for,
     pipeline_job,
-    target_claim_key,
 )
 
 
@@ -48,7 +46,7 @@ def submit(record: Record) -> Created:
     settings, queue = services.settings(), services.queue()
     record.provider = settings.video_backend
     target = record.callback_url or callback_url(settings.callback_api_url, record.request_id)
-    record.target_claim = target_claim_key(target, record.request_id)
+    record.target_claim = record.identity.target_claim_key(target)
     job = pipeline_job(queue, record, settings.job_timeout)
     try:
         return services.store().create(record, job, queue=queue, max_queued=settings.max_queued)
@@ -70,10 +68,10 @@ def cancel(record: Record) -> Record:
     if not store.cancel(record):
         raise Conflict(f"request {record.request_id!r} has already finished ({record.status})")
     with contextlib.suppress(NoSuchJobError):
-        job = Job.fetch(job_id_for(record.owner, record.request_id), connection=services.redis())
+        job = Job.fetch(record.identity.job_id, connection=services.redis())
         if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             job.cancel()
-    enqueue_delivery(services.queue(), record.key)
+    enqueue_delivery(services.queue(), record.identity)
     return store.get_by_key(record.key) or record
 
 
@@ -86,5 +84,5 @@ def redeliver(record: Record) -> Record:
     store = services.store()
     if not store.reset_callback(record.key):
         raise Conflict(f"the callback of {record.request_id!r} is {record.callback_status}, not failed")
-    enqueue_delivery(services.queue(), record.key)
+    enqueue_delivery(services.queue(), record.identity)
     return store.get_by_key(record.key) or record

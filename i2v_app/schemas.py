@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
+from jobs.states import CallbackStatus, Stage, Status
 from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
 
 #: Letters, digits and ``- _ . : ~``, 1 to 128 characters: UUIDs, ULIDs, ``game:42.1``. Not only
@@ -129,7 +130,7 @@ class ErrorInfoSchema(Schema):
 class CallbackInfoSchema(Schema):
     """The state of a request's callback delivery."""
 
-    status = fields.String(required=True, validate=validate.OneOf(["pending", "delivered", "failed"]))
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in CallbackStatus]))
     attempts = fields.Integer(required=True)
     last_status_code = fields.Integer(allow_none=True)
     next_attempt_at = fields.String(allow_none=True, metadata={"format": "date-time"})
@@ -139,12 +140,8 @@ class RequestStatusSchema(Schema):
     """A request's record as the status endpoint shows it."""
 
     request_id = fields.String(required=True)
-    status = fields.String(
-        required=True, validate=validate.OneOf(["queued", "processing", "completed", "failed", "canceled"])
-    )
-    stage = fields.String(
-        allow_none=True, validate=validate.OneOf(["captioning", "submitting", "waiting", "polling", "delivering"])
-    )
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
+    stage = fields.String(allow_none=True, validate=validate.OneOf([s.value for s in Stage]))
     image_url = fields.String(required=True)
     prompt = fields.String(allow_none=True)
     provider = fields.Nested(ProviderSchema, required=True)

@@ -8,7 +8,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from config import Settings
-from jobs.store import Record, RequestStore, job_id_for
+from jobs.store import Record, RequestStore
 
 
 def settings() -> Settings:
@@ -35,7 +35,7 @@ def queue_load(record: Record) -> tuple[int, int]:
     """(requests ahead of this one in the queue, workers serving the queue), in one round trip."""
     q = queue()
     with redis().pipeline(transaction=False) as pipe:
-        pipe.lpos(q.key, job_id_for(record.owner, record.request_id))
+        pipe.lpos(q.key, record.identity.job_id)
         pipe.scard(WORKERS_BY_QUEUE_KEY % q.name)
         position, workers = pipe.execute()
     return (position if position is not None else 0), int(workers)

@@ -21,22 +21,18 @@ from typing import Any
 from jobs import metrics
 from jobs.clients.game import may_carry_key
 from jobs.context import Context, get_context
-from jobs.store import DELIVERY_JOB, Record, callback_url, delivery_job_id, request_digest
+from jobs.states import CallbackStatus, Stage, Status
+from jobs.store import DELIVERY_JOB, Record, callback_url
 
 log = logging.getLogger(__name__)
 
 
 def callback_payload(record: Record) -> dict[str, Any]:
     """The GAME callback body for a finished request."""
-    if record.status == "completed" and record.video_url:
+    if record.status == Status.COMPLETED and record.video_url:
         output = {"title": record.title, "type": "MEDIA", "category": "MARKETING_VIDEO", "url": record.video_url}
         return {"data": {"addToInventory": True, "status": "COMPLETED", "output": output}}
     return {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
-
-
-def webhook_id(record: Record) -> str:
-    """The Standard Webhooks message id: the same for every attempt of one request."""
-    return "msg_" + request_digest(record.owner, record.request_id)
 
 
 def sign(secrets: tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -74,7 +70,7 @@ def claim_ttl(ctx: Context) -> float:
 def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     """Make delivery attempt number ``attempt`` (1-based) of a finished request's callback."""
     record = ctx.store.get_by_key(key)
-    if record is None or not record.terminal or record.callback_status != "pending":
+    if record is None or not record.terminal or record.callback_status != CallbackStatus.PENDING:
         return
     if attempt <= record.callback_attempts or not ctx.store.claim(key, f"callback_claim_{attempt}", claim_ttl(ctx)):
         return  # this attempt was already made, or another process is making it
@@ -84,11 +80,11 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     except ValueError as exc:
         # Only a record from before such ids were refused gets here: nothing is sent, ever.
         log.error("callback not sent", extra={"request_id": record.request_id, "error": str(exc)})
-        ctx.store.update(key, callback_status="failed", callback_attempts=attempt, stage=None)
+        ctx.store.update(key, callback_status=CallbackStatus.FAILED, callback_attempts=attempt, stage=None)
         ctx.store.settle(key)
         return
     body = json.dumps(callback_payload(record), separators=(",", ":")).encode()
-    msg_id = webhook_id(record)
+    msg_id = record.identity.webhook_id
     timestamp = int(time.time())
     headers["webhook-id"] = msg_id
     headers["webhook-timestamp"] = str(timestamp)
@@ -104,9 +100,9 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     }
     delays = ctx.settings.callback_retry_delays
     if result.delivered:
-        fields.update(callback_status="delivered", stage=None)
+        fields.update(callback_status=CallbackStatus.DELIVERED, stage=None)
     elif result.status_code == 410 or attempt > len(delays):
-        fields.update(callback_status="failed", stage=None)
+        fields.update(callback_status=CallbackStatus.FAILED, stage=None)
     else:
         delay = max(delays[attempt - 1], result.retry_after or 0.0)
         # RQ's scheduler keeps whole seconds, truncated: round up, so a retry never comes early.
@@ -117,7 +113,7 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
             DELIVERY_JOB,
             key,
             attempt + 1,
-            job_id=delivery_job_id(key, attempt + 1),
+            job_id=record.identity.delivery_job_id(attempt + 1),
             result_ttl=600,
         )
     # Counted before the record says so, so whoever reads a settled record sees the count too.
@@ -129,7 +125,7 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
         "callback attempt",
         extra={
             "request_id": record.request_id,
-            "stage": "delivering",
+            "stage": Stage.DELIVERING,
             "attempt": attempt,
             "status_code": result.status_code,
             "error": result.error,

@@ -40,7 +40,7 @@ from jobs.delivery import claim_ttl
 from jobs.errors import InternalError
 from jobs.pipeline import fail
 from jobs.scheduling import MOVE_INTERVAL, start_movers
-from jobs.store import Record, delivery_job_id, enqueue_delivery, enqueue_pipeline, job_id_for
+from jobs.store import Record, enqueue_delivery, enqueue_pipeline
 from jobs.worker import PipelineWorker, main_thread_signals
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,13 @@ def sweep(ctx: Context, *, hand_back_abandoned: bool = True, stranded: StrandedJ
 
 def check_request(ctx: Context, record: Record) -> str | None:
     """Make sure an unfinished request has a live job; say what was done about it, if anything."""
-    job_id = job_id_for(record.owner, record.request_id)
-    status = job_status(ctx, job_id)
+    status = job_status(ctx, record.identity.job_id)
     if status in PENDING:
         return None
     if status == JobStatus.FAILED:
         # RQ gave up (retries used up) but the failure callback never ran: fail the request here.
         fail(ctx, record, InternalError("the pipeline job failed and could not be retried"))
-        enqueue_delivery(ctx.queue, record.key)
+        enqueue_delivery(ctx.queue, record.identity)
         return "failed"
     with ctx.redis.pipeline() as pipe:
         enqueue_pipeline(ctx.queue, record, ctx.settings.job_timeout, pipe)
@@ -177,9 +176,9 @@ def check_delivery(ctx: Context, record: Record) -> int:
     attempt = record.callback_attempts + 1
     due = _timestamp(record.callback_next_attempt_at) if record.callback_attempts else _timestamp(record.updated_at)
     overdue = time.time() - (due or 0) > claim_ttl(ctx)
-    if not overdue or job_status(ctx, delivery_job_id(record.key, attempt)) in PENDING:
+    if not overdue or job_status(ctx, record.identity.delivery_job_id(attempt)) in PENDING:
         return 0
-    enqueue_delivery(ctx.queue, record.key, attempt)
+    enqueue_delivery(ctx.queue, record.identity, attempt)
     log.warning("restarted an interrupted callback", extra={"request_id": record.request_id, "attempt": attempt})
     return 1
 

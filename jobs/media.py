@@ -1,6 +1,7 @@
 """The media store: videos the service makes or keeps, served by the web at ``/media/<name>.mp4``.
 
-Names are an HMAC of the owner and request id under a server secret, never the raw id. Files live on disk
+Names are an HMAC of the owner and request id under a server secret (see
+:meth:`jobs.identity.RequestIdentity.media_name`), never the raw id. Files live on disk
 (``MEDIA_DIR``, shared by web and worker on one machine) or in Redis (``MEDIA_STORE=redis``, for
 platforms whose processes do not share a disk), and go away after ``MEDIA_TTL``.
 
@@ -12,8 +13,6 @@ read with ``GETRANGE``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import os
 import re
@@ -34,16 +33,6 @@ REDIS_PREFIX = "i2v:media:"
 REDIS_CHUNK = 1024 * 1024
 
 
-def media_name(secret: str, owner: str, request_id: str) -> str:
-    """The file name (without extension) of a request's video: an HMAC under ``secret`` (see ``name_secret``).
-
-    Owner and request id alone would not do: a key's digest (which configurations hold) and a
-    guessable id would give the name away. The pipeline stores the name in the record when it
-    makes it, so rotating the secret never changes the URL of a video already announced.
-    """
-    return hmac.new(secret.encode(), f"media\x00{owner}\x00{request_id}".encode(), hashlib.sha256).hexdigest()[:40]
-
-
 #: Where the deployment's own name key lives when ``MEDIA_NAME_SECRET`` is unset.
 NAME_KEY_IN_REDIS = "i2v:media-name-key"
 
@@ -59,11 +48,6 @@ def name_secret(settings: Settings, redis: Redis) -> str:
     redis.set(NAME_KEY_IN_REDIS, secrets.token_hex(32), nx=True)
     stored = redis.get(NAME_KEY_IN_REDIS)
     return stored.decode() if isinstance(stored, bytes) else str(stored)
-
-
-def legacy_media_name(owner: str, request_id: str) -> str:
-    """The name of a video of a request submitted before names were keyed (and stored in the record)."""
-    return hashlib.sha256(f"media\x00{owner}\x00{request_id}".encode()).hexdigest()[:40]
 
 
 def valid_name(name: str) -> bool:

@@ -34,8 +34,9 @@ from jobs.errors import (
     RequestCanceled,
     TransientError,
 )
-from jobs.media import legacy_media_name, media_name, name_secret
+from jobs.media import name_secret
 from jobs.shutdown import WorkerStopping
+from jobs.states import Stage, Status
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
 
@@ -88,20 +89,20 @@ def generate(ctx: Context, record: Record) -> None:
         ctx.slots.release(record.key)
     finished = ctx.store.finish(
         record.key,
-        "completed",
+        Status.COMPLETED,
         video_url=video.url,
         title=video.title or title_from_video_url(video.url or ""),
         provider_progress=100,
         **delivering(record),
     )
     if finished:
-        log_event(record, "completed", video_url=video.url)
-        metrics.count(ctx.redis, "i2v_jobs_total", outcome="completed")
+        log_event(record, Status.COMPLETED, video_url=video.url)
+        metrics.count(ctx.redis, "i2v_jobs_total", outcome=Status.COMPLETED)
 
 
 def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
     """End a request with an error code (``canceled`` for a cancel) unless it already ended."""
-    status = "canceled" if isinstance(exc, RequestCanceled) else "failed"
+    status = Status.CANCELED if isinstance(exc, RequestCanceled) else Status.FAILED
     if ctx.store.finish(record.key, status, error_code=exc.code, error_message=exc.message, **delivering(record)):
         metrics.count(ctx.redis, "i2v_jobs_total", outcome=exc.code)
         log.warning(
@@ -118,7 +119,7 @@ def fail(ctx: Context, record: Record, exc: PipelineError) -> None:
 
 def delivering(record: Record) -> dict[str, Any]:
     """The fields that move a finishing record into the delivering stage."""
-    return {"stage": "delivering", "stages": {**record.stages, "delivering": now_iso()}}
+    return {"stage": Stage.DELIVERING, "stages": {**record.stages, Stage.DELIVERING: now_iso()}}
 
 
 def deliver_first(ctx: Context, key: str) -> None:
@@ -131,14 +132,12 @@ def deliver_first(ctx: Context, key: str) -> None:
 
 def caption(ctx: Context, record: Record) -> str:
     """Get a prompt for the image from the CLIP Interrogator, resuming a saved prediction."""
-    with step(ctx, record, "captioning"):
+    with step(ctx, record, Stage.CAPTIONING):
         if record.caption_started_at is None:
-            record.caption_started_at = time.time()
-            ctx.store.update(record.key, caption_started_at=record.caption_started_at)
+            ctx.store.save(record, caption_started_at=time.time())
         if isinstance(ctx.captioner, LocalCaptioner):
             prompt = ctx.captioner.describe_url(record.image_url)
-            record.prompt = prompt
-            ctx.store.update(record.key, prompt=prompt)
+            ctx.store.save(record, prompt=prompt)
             return prompt
         # One budget for the whole step: "retry for about a minute in all", not per call.
         budget = RetryBudget(ctx.settings.provider_retry_budget)
@@ -150,8 +149,7 @@ def caption(ctx: Context, record: Record) -> str:
             with contextlib.suppress(TransientError, CaptionFailed):
                 ctx.captioner.cancel(prediction_id)
             raise
-        record.prompt = prompt
-        ctx.store.update(record.key, prompt=prompt)
+        ctx.store.save(record, prompt=prompt)
         return prompt
 
 
@@ -162,17 +160,16 @@ def create_prediction(ctx: Context, record: Record, budget: RetryBudget) -> str:
         raise CaptionFailed("an earlier attempt may have created a prediction whose id was lost")
 
     def create() -> str:
-        ctx.store.update(record.key, caption_inflight=True)
+        ctx.store.save(record, caption_inflight=True)
         try:
             return ctx.captioner.create(record.image_url)
         except (TransientError, CaptionFailed) as exc:
             if not isinstance(exc, TransientError) or not exc.sent or exc.kind in ("throttled", "server_error"):
-                ctx.store.update(record.key, caption_inflight=False)
+                ctx.store.save(record, caption_inflight=False)
             raise
 
     prediction_id = with_retries(ctx, record, create, budget=budget, give_up=CaptionFailed, what="Replicate create")
-    record.prediction_id = prediction_id
-    ctx.store.update(record.key, prediction_id=prediction_id, caption_inflight=False)
+    ctx.store.save(record, prediction_id=prediction_id, caption_inflight=False)
     log_event(record, "prediction created", prediction_id=prediction_id)
     return prediction_id
 
@@ -207,7 +204,7 @@ def wait_for_prediction(ctx: Context, record: Record, prediction_id: str, budget
 
 def submit(ctx: Context, record: Record, prompt: str) -> str:
     """Submit the image and prompt to Pika once, retrying only answers that mean 'not accepted'."""
-    with step(ctx, record, "submitting"):
+    with step(ctx, record, Stage.SUBMITTING):
         if record.submit_inflight:
             raise GenerationUnknown("an earlier attempt sent a submission whose answer was lost")
         wait_for_slot(ctx, record)
@@ -218,7 +215,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
         while True:
             check_cancel(ctx, record)
             attempt += 1
-            ctx.store.update(record.key, submit_inflight=True)
+            ctx.store.save(record, submit_inflight=True)
             try:
                 job_id = ctx.video.submit(record.image_url, prompt, name)
             except TransientError as exc:
@@ -226,7 +223,7 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
                 if exc.kind == "connection" and exc.sent:
                     # Sent, and the answer lost: it may have been accepted. Never pay twice.
                     raise GenerationUnknown(f"{ctx.video.name} submission sent but unanswered") from exc
-                ctx.store.update(record.key, submit_inflight=False)
+                ctx.store.save(record, submit_inflight=False)
                 delay = backoff_delay(ctx, attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
                 if exc.kind == "throttled":
@@ -241,16 +238,10 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
                 sleep(ctx, record, delay)
                 continue
             except GenerationFailed:
-                ctx.store.update(record.key, submit_inflight=False)
+                ctx.store.save(record, submit_inflight=False)
                 raise
-            record.provider_job_id = job_id
-            record.submitted_at = time.time()
-            ctx.store.update(
-                record.key,
-                provider=ctx.video.name,
-                provider_job_id=job_id,
-                submitted_at=record.submitted_at,
-                submit_inflight=False,
+            ctx.store.save(
+                record, provider=ctx.video.name, provider_job_id=job_id, submitted_at=time.time(), submit_inflight=False
             )
             log_event(record, "submitted", provider=ctx.video.name, provider_job_id=job_id)
             return job_id
@@ -265,9 +256,8 @@ def video_name(ctx: Context, record: Record) -> str:
     if record.media_name:
         return record.media_name
     if record.provider_job_id or record.submitted_at:
-        return legacy_media_name(record.owner, record.request_id)
-    record.media_name = media_name(name_secret(ctx.settings, ctx.redis), record.owner, record.request_id)
-    ctx.store.update(record.key, media_name=record.media_name)
+        return record.identity.legacy_media_name
+    ctx.store.save(record, media_name=record.identity.media_name(name_secret(ctx.settings, ctx.redis)))
     return record.media_name
 
 
@@ -292,9 +282,9 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
     name = video_name(ctx, record)
     try:
         if time.time() < first_poll:
-            with step(ctx, record, "waiting"):
+            with step(ctx, record, Stage.WAITING):
                 sleep(ctx, record, first_poll - time.time())
-        with step(ctx, record, "polling"):
+        with step(ctx, record, Stage.POLLING):
             check_cancel(ctx, record)  # later polls follow a sleep, which checks too
             while True:
                 try:
@@ -306,8 +296,7 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
                     if state.finished:
                         return state
                     if state.progress is not None and state.progress != record.provider_progress:
-                        record.provider_progress = state.progress
-                        ctx.store.update(record.key, provider_progress=state.progress)
+                        ctx.store.save(record, provider_progress=state.progress)
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     raise GenerationTimeout(
@@ -405,7 +394,7 @@ def sleep(ctx: Context, record: Record, seconds: float) -> None:
 
 
 @contextlib.contextmanager
-def step(ctx: Context, record: Record, stage: str) -> Iterator[None]:
+def step(ctx: Context, record: Record, stage: Stage) -> Iterator[None]:
     """Record ``stage`` as current and log how long it took and how it ended."""
     ctx.store.enter_stage(record, stage)
     started = time.monotonic()

@@ -1,10 +1,10 @@
 """The request record store: one Redis hash per request, the single source of truth.
 
-This is the only part of ``jobs`` the web process imports. Records are keyed by a digest of the
-owner (the API key that created the request; empty without authentication) and the caller's
-request id, so any id the caller chooses is safe as a key and an RQ job id. The pipeline writes
-every provider id the moment it exists, which is what lets a restarted worker resume a request
-instead of paying a provider twice.
+The web process imports it (with the names and states it uses, :mod:`jobs.identity` and
+:mod:`jobs.states`), never the pipeline. Records are keyed by the request's identity: the owner (the
+API key that created the request; empty without authentication) and the caller's request id. The
+pipeline writes every provider id the moment it exists, which is what lets a restarted worker
+resume a request instead of paying a provider twice.
 
 Two owners may use the same request id, but not at the same callback target: the record's create
 also claims (callback URL, request id) for its record, and the claim expires with the record, so
@@ -13,13 +13,13 @@ no key can make the service call back, with the GAME key, for a request another 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +30,9 @@ from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from jobs.identity import RequestIdentity
+from jobs.states import TERMINAL, CallbackStatus, Stage, Status, lua_is_one_of
+
 #: Jobs are enqueued by dotted name so the web process never imports worker code.
 PIPELINE_JOB = "jobs.pipeline.run_request"
 PIPELINE_FAILURE_CALLBACK = "jobs.pipeline.on_job_failure"
@@ -37,23 +40,19 @@ DELIVERY_JOB = "jobs.delivery.deliver_callback"
 #: RQ retries of a pipeline job after an unexpected exception or a dead worker; each resumes.
 PIPELINE_RETRIES = 5
 
-KEY_PREFIX = "i2v:req:"
-#: One key per (callback URL, request id), holding the key of the record that owns it.
-TARGET_PREFIX = "i2v:target:"
 #: Records whose request or callback is not settled yet (sorted by creation): what the janitor checks.
 ACTIVE_KEY = "i2v:active"
-TERMINAL = frozenset({"completed", "failed", "canceled"})
 
 # Start delivery over after a callback ran out of retries: forget the attempts and their claims.
-_RESET_CALLBACK = """
+_RESET_CALLBACK = f"""
 local fields = redis.call('HMGET', KEYS[1], 'status', 'callback_status')
 if not fields[1] then return -1 end
-if fields[2] ~= 'failed' then return 0 end
+if fields[2] ~= '{CallbackStatus.FAILED}' then return 0 end
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(name, 1, 15) == 'callback_claim_' then redis.call('HDEL', KEYS[1], name) end
 end
-redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_attempts', '0',
-           'callback_next_attempt_at', ARGV[1], 'stage', 'delivering', 'updated_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'callback_status', '{CallbackStatus.PENDING}', 'callback_attempts', '0',
+           'callback_next_attempt_at', ARGV[1], 'stage', '{Stage.DELIVERING}', 'updated_at', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
 """
@@ -104,10 +103,11 @@ if claim and claim ~= '' and redis.call('GET', claim) == KEYS[1] then redis.call
 return 1
 """
 
-_FINISH = """
+# Move a record to a terminal status unless it is in one already.
+_FINISH = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
+if {lua_is_one_of("status", TERMINAL)} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
@@ -116,16 +116,6 @@ return 1
 def now_iso() -> str:
     """The current UTC time as ISO-8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def request_digest(owner: str, request_id: str) -> str:
-    """A fixed-length, key-safe name for (owner, request id)."""
-    return hashlib.sha256(f"{owner}\x00{request_id}".encode()).hexdigest()[:40]
-
-
-def record_key(owner: str, request_id: str) -> str:
-    """The Redis key of a request's record."""
-    return KEY_PREFIX + request_digest(owner, request_id)
 
 
 def callback_url(template: str, request_id: str) -> str:
@@ -145,16 +135,6 @@ def callback_url(template: str, request_id: str) -> str:
     if "{request_id}" in template:
         return template.replace("{request_id}", encoded)
     return f"{template.rstrip('/')}/{encoded}/callback"
-
-
-def target_claim_key(target: str, request_id: str) -> str:
-    """The Redis key of the claim on (callback URL, request id)."""
-    return TARGET_PREFIX + hashlib.sha256(f"{target}\x00{request_id}".encode()).hexdigest()[:40]
-
-
-def job_id_for(owner: str, request_id: str) -> str:
-    """The RQ job id of a request's pipeline job (RQ ids allow only ``[A-Za-z0-9_-]``)."""
-    return "i2v-" + request_digest(owner, request_id)
 
 
 class NotAdmitted(Exception):
@@ -183,7 +163,7 @@ class Record:
     request_id: str
     image_url: str
     owner: str = ""
-    status: str = "queued"
+    status: str = Status.QUEUED
     stage: str | None = None
     prompt: str | None = None
     prediction_id: str | None = None
@@ -197,11 +177,11 @@ class Record:
     error_code: str | None = None
     error_message: str | None = None
     callback_url: str | None = None
-    callback_status: str = "pending"
+    callback_status: str = CallbackStatus.PENDING
     callback_attempts: int = 0
     callback_last_status_code: int | None = None
     callback_next_attempt_at: str | None = None
-    #: The key of this request's claim on (callback URL, request id); see :func:`target_claim_key`.
+    #: The key of this request's claim on (callback URL, request id); see :meth:`RequestIdentity.target_claim_key`.
     target_claim: str | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
@@ -218,10 +198,15 @@ class Record:
     _FLOATS = ("submitted_at", "caption_started_at")
     _BOOLS = ("cancel_requested", "caption_inflight", "submit_inflight")
 
+    @cached_property
+    def identity(self) -> RequestIdentity:
+        """The request's identity, whose digest names its key and jobs (owner and id never change)."""
+        return RequestIdentity(self.owner, self.request_id)
+
     @property
     def key(self) -> str:
         """The Redis key of this record."""
-        return record_key(self.owner, self.request_id)
+        return self.identity.record_key
 
     @property
     def terminal(self) -> bool:
@@ -231,11 +216,8 @@ class Record:
     def to_redis(self) -> dict[str, str]:
         """The hash fields to write."""
         # Unset fields are left out: absent and empty read back the same, and the hash stays small.
-        return {
-            name: encode_field(name, value)
-            for name, value in self.__dict__.items()
-            if value is not None and value is not False
-        }
+        values = ((name, getattr(self, name)) for name in self.__dataclass_fields__)
+        return {name: encode_field(name, value) for name, value in values if value is not None and value is not False}
 
     @classmethod
     def from_redis(cls, raw: dict[bytes | str, bytes | str]) -> Record:
@@ -285,7 +267,7 @@ def pipeline_job(queue: Queue, record: Record, job_timeout: int) -> Job:
     job = Job.create(
         PIPELINE_JOB,
         args=(record.key,),
-        id=job_id_for(record.owner, record.request_id),
+        id=record.identity.job_id,
         timeout=job_timeout,
         retry=_PIPELINE_RETRY,
         on_failure=_PIPELINE_ON_FAILURE,
@@ -305,15 +287,14 @@ def enqueue_pipeline(queue: Queue, record: Record, job_timeout: int, pipeline: P
     return queue.enqueue_job(pipeline_job(queue, record, job_timeout), pipeline=pipeline)
 
 
-def delivery_job_id(key: str, attempt: int) -> str:
-    """The RQ job id of delivery attempt ``attempt`` of a record's callback."""
-    return f"i2v-cb-{key.rsplit(':', 1)[-1]}-{attempt}"
-
-
-def enqueue_delivery(queue: Queue, key: str, attempt: int = 1) -> Job:
+def enqueue_delivery(queue: Queue, identity: RequestIdentity, attempt: int = 1) -> Job:
     """Enqueue a callback delivery attempt at the front: a finished request should not wait in line."""
     return queue.enqueue_call(
-        DELIVERY_JOB, args=(key, attempt), job_id=delivery_job_id(key, attempt), at_front=True, result_ttl=600
+        DELIVERY_JOB,
+        args=(identity.record_key, attempt),
+        job_id=identity.delivery_job_id(attempt),
+        at_front=True,
+        result_ttl=600,
     )
 
 
@@ -401,7 +382,7 @@ class RequestStore:
 
     def get(self, owner: str, request_id: str) -> Record | None:
         """The record of (owner, request id), or None."""
-        return self.get_by_key(record_key(owner, request_id))
+        return self.get_by_key(RequestIdentity(owner, request_id).record_key)
 
     def get_by_key(self, key: str) -> Record | None:
         """The record stored at ``key``, or None."""
@@ -415,12 +396,24 @@ class RequestStore:
             argv += [name, encode_field(name, value)]
         self._update(keys=[key], args=argv)
 
-    def enter_stage(self, record: Record, stage: str) -> None:
+    def save(self, record: Record, **fields: Any) -> None:
+        """Set fields of ``record`` and write them, as :meth:`update` does: the copy in hand stays the stored one.
+
+        Raises:
+            TypeError: a name is not a field of a record.
+        """
+        unknown = fields.keys() - Record.__dataclass_fields__.keys()
+        if unknown:
+            raise TypeError(f"not fields of a record: {sorted(unknown)}")
+        for name, value in fields.items():
+            setattr(record, name, value)
+        self.update(record.key, **fields)
+
+    def enter_stage(self, record: Record, stage: Stage) -> None:
         """Mark ``stage`` as the record's current stage and note when it started."""
-        record.stage = stage
-        record.stages.setdefault(stage, now_iso())
-        self.update(record.key, stage=stage, stages=record.stages, status="processing")
-        record.status = "processing"
+        stages = dict(record.stages)
+        stages.setdefault(stage, now_iso())
+        self.save(record, stage=stage, stages=stages, status=Status.PROCESSING)
 
     def finish(self, key: str, status: str, **fields: Any) -> bool:
         """Move a record to a terminal status once; later calls change nothing.
@@ -443,11 +436,11 @@ class RequestStore:
         stamp = now_iso()
         fields = {
             "cancel_requested": True,
-            "status": "canceled",
+            "status": Status.CANCELED,
             "error_code": "canceled",
             "error_message": "canceled by the caller",
-            "stage": "delivering",
-            "stages": {**record.stages, "delivering": stamp},
+            "stage": Stage.DELIVERING,
+            "stages": {**record.stages, Stage.DELIVERING: stamp},
             "updated_at": stamp,
         }
         argv: list[str] = []

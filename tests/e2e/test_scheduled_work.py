@@ -20,7 +20,8 @@ from rq.job import Job
 
 from config import settings_from
 from i2v_app import create_app
-from jobs.store import PIPELINE_RETRIES, job_id_for
+from jobs.identity import RequestIdentity
+from jobs.store import PIPELINE_RETRIES
 from launch import descendants
 from tests.fakes import Fault
 from tests.helpers import ServiceProcess, completed_callback, wait_for
@@ -179,7 +180,7 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
     assert resp.status_code == 202
     wait_for(lambda: status_of(client, "sched-oom")["provider"]["job_id"], timeout=30, what="a Pika job")
 
-    job = Job.fetch(job_id_for("", "sched-oom"), connection=redis)
+    job = Job.fetch(RequestIdentity("", "sched-oom").job_id, connection=redis)
     pid = int(redis.hget(f"rq:worker:{job.worker_name}", "pid") or 0)
     assert pool.proc is not None and pid in descendants(pool.proc.pid), "the job's worker is a process of the pool"
     os.kill(pid, signal.SIGKILL)

@@ -6,7 +6,8 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from jobs.store import PIPELINE_JOB, job_id_for, record_key
+from jobs.identity import RequestIdentity
+from jobs.store import PIPELINE_JOB
 
 ESCAPED = "https:&#x2F;&#x2F;cdn.example.com&#x2F;images&#x2F;plane.jpg"
 PLAIN = "https://cdn.example.com/images/plane.jpg"
@@ -35,12 +36,12 @@ def test_submit_replies_202_with_location_and_enqueues_one_job_by_name(client, r
     }
     assert resp.headers["Location"].endswith("/api/v1/i2v/game:42.1")
     queue = Queue(settings.queue_name, connection=redis)
-    assert queue.job_ids == [job_id_for("", "game:42.1")]
+    assert queue.job_ids == [RequestIdentity("", "game:42.1").job_id]
     job = Job.fetch(queue.job_ids[0], connection=redis)
     assert job.func_name == PIPELINE_JOB
     assert job.timeout == settings.job_timeout
-    assert job.args == (record_key("", "game:42.1"),)
-    assert redis.hget(record_key("", "game:42.1"), "image_url") == PLAIN.encode()
+    assert job.args == (RequestIdentity("", "game:42.1").record_key,)
+    assert redis.hget(RequestIdentity("", "game:42.1").record_key, "image_url") == PLAIN.encode()
 
 
 def test_eta_reflects_the_configured_timing(app, client) -> None:

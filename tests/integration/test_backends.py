@@ -14,8 +14,8 @@ from redis import Redis
 
 from config import settings_from
 from i2v_app import create_app
-from jobs.media import REDIS_PREFIX, media_name
-from jobs.store import record_key
+from jobs.identity import RequestIdentity
+from jobs.media import REDIS_PREFIX
 from jobs.titles import title_from_prompt
 from tests.conftest import MEDIA_SECRET
 from tests.fakes import FakeReplicate, ModelSpec
@@ -122,9 +122,9 @@ def test_local_caption_and_local_video_end_to_end(service, fakes, files: FileSer
     output = data["output"]
     match = MEDIA_URL.fullmatch(output["url"])
     assert match, output["url"]
-    assert match[1] == media_name(MEDIA_SECRET, "", "local-1")
+    assert match[1] == RequestIdentity("", "local-1").media_name(MEDIA_SECRET)
     # Made once and stored in the record, so that a new MEDIA_NAME_SECRET never renames it.
-    assert redis.hget(record_key("", "local-1"), "media_name") == match[1].encode()
+    assert redis.hget(RequestIdentity("", "local-1").record_key, "media_name") == match[1].encode()
     assert output["url"] == record["video_url"]
     assert output["title"] == record["title"] == title_from_prompt(record["prompt"]) == "Dim landscape image"
     video = probe(served_video(client, output["url"]))
@@ -222,7 +222,9 @@ def test_replicate_video_is_copied_into_the_media_store(service, fakes, files: F
     assert record["provider"]["job_id"] in fake_replicate.predictions
     data = only_callback(fake_game, "rep-video")
     assert (
-        data["output"]["url"] == f"{BASE}/media/{media_name(MEDIA_SECRET, '', 'rep-video')}.mp4" == record["video_url"]
+        data["output"]["url"]
+        == f"{BASE}/media/{RequestIdentity('', 'rep-video').media_name(MEDIA_SECRET)}.mp4"
+        == record["video_url"]
     )
     assert data["output"]["title"] == title_from_prompt(record["prompt"]) == "Dim square image"
     assert served_video(client, data["output"]["url"]) == files.entries["/provider/output.mp4"].body
@@ -292,7 +294,7 @@ def test_restarted_worker_resumes_the_same_video_prediction(
     assert fake_replicate.cancels == []
     assert (
         only_callback(fake_game, "rep-restart")["output"]["url"]
-        == f"{BASE}/media/{media_name(MEDIA_SECRET, '', 'rep-restart')}.mp4"
+        == f"{BASE}/media/{RequestIdentity('', 'rep-restart').media_name(MEDIA_SECRET)}.mp4"
     )
 
 
@@ -322,7 +324,7 @@ def test_redis_media_store_serves_the_video_from_redis(
     submit(client, "in-redis", files.put("/a.png", scene_bytes(), "image/png"))
     record = settled(client, "in-redis")
     assert record["status"] == "completed", record
-    name = media_name(MEDIA_SECRET, "", "in-redis")
+    name = RequestIdentity("", "in-redis").media_name(MEDIA_SECRET)
     assert only_callback(fake_game, "in-redis")["output"]["url"] == f"{BASE}/media/{name}.mp4"
     stored = redis.get(REDIS_PREFIX + name)
     assert stored is not None and 0 < redis.ttl(REDIS_PREFIX + name) <= settings_from({}).media_ttl

@@ -124,7 +124,7 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
     store = RequestStore(redis, settings.record_ttl)
     record = Record(request_id="..", image_url=PLAIN, status="failed", error_code="canceled")
     redis.hset(record.key, mapping=record.to_redis())
-    enqueue_delivery(Queue(settings.queue_name, connection=redis), record.key)
+    enqueue_delivery(Queue(settings.queue_name, connection=redis), record.identity)
 
     def given_up() -> Record | None:
         stored = store.get_by_key(record.key)

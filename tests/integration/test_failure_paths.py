@@ -18,8 +18,8 @@ from rq.registry import ScheduledJobRegistry
 
 from jobs.context import build_context
 from jobs.delivery import attempt_delivery
+from jobs.identity import RequestIdentity
 from jobs.slots import SLOTS_KEY
-from jobs.store import delivery_job_id, job_id_for, record_key
 from launch import free_port
 from tests.fakes import Fault
 from tests.helpers import wait_for
@@ -33,7 +33,7 @@ PIPELINE_RETRIES = 5
 
 def stored(redis: Redis, request_id: str, name: str) -> str | None:
     """One field of a request's record (auth is off in these tests, so the owner is empty)."""
-    value = redis.hget(record_key("", request_id), name)
+    value = redis.hget(RequestIdentity("", request_id).record_key, name)
     return value.decode() if value else None
 
 
@@ -50,7 +50,7 @@ def test_resumed_job_with_a_caption_create_in_flight_never_creates_again(client,
     fake_replicate, fake_pika, fake_game = fakes
     submit(client, "cap-window")
     # What a worker dying inside the window leaves behind: the marker set, no prediction id.
-    redis.hset(record_key("", "cap-window"), mapping={"caption_inflight": "1", "stage": "captioning"})
+    redis.hset(RequestIdentity("", "cap-window").record_key, mapping={"caption_inflight": "1", "stage": "captioning"})
     start_process("worker")
     record = failed_with(client, fake_game, "cap-window", "caption_failed")
     assert "may have created a prediction" in record["error"]["message"]
@@ -63,7 +63,7 @@ def test_resumed_job_with_a_video_submission_in_flight_never_submits_again(clien
     fake_replicate, fake_pika, fake_game = fakes
     submit(client, "sub-window")
     redis.hset(
-        record_key("", "sub-window"),
+        RequestIdentity("", "sub-window").record_key,
         mapping={"prompt": "a plane over the sea", "submit_inflight": "1", "stage": "submitting"},
     )
     start_process("worker")
@@ -121,7 +121,7 @@ def test_unexpected_error_is_retried_then_internal_error_with_one_callback(clien
     assert "unexpected ResponseError" in record["error"]["message"]
     time.sleep(DUPLICATE_GRACE)
     assert len(fake_game.callbacks_for("retries-out")) == 1
-    job = Job.fetch(job_id_for("", "retries-out"), connection=redis)
+    job = Job.fetch(RequestIdentity("", "retries-out").job_id, connection=redis)
     assert job.retries_left == 0, "the request failed before RQ's retries were used up"
     # Each retry resumed from the record: the caption was made once.
     assert len(fake_replicate.creates) == 1
@@ -345,12 +345,12 @@ def test_callback_retry_is_never_scheduled_before_its_delay(client, redis, fakes
     fake_game.add_fault("callback", Fault.error(503, retry_after=4))
     submit(client, "cb-schedule")
     ctx = build_context(settings, redis)
-    key = record_key("", "cb-schedule")
+    key = RequestIdentity("", "cb-schedule").record_key
     ctx.store.finish(key, "failed", error_code="internal_error", error_message="for the test")
     before = time.time()
     attempt_delivery(ctx, key, 1)
     registry = ScheduledJobRegistry(queue=ctx.queue)
-    slot = redis.zscore(registry.key, delivery_job_id(key, 2))
+    slot = redis.zscore(registry.key, RequestIdentity("", "cb-schedule").delivery_job_id(2))
     assert slot is not None, "no retry was scheduled"
     assert slot >= before + 4
     assert stored(redis, "cb-schedule", "callback_next_attempt_at") >= iso_utc(before + 4)

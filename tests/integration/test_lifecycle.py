@@ -12,7 +12,8 @@ import pytest
 from rq.job import Job, JobStatus
 from standardwebhooks.webhooks import Webhook
 
-from jobs.store import ACTIVE_KEY, PIPELINE_RETRIES, job_id_for, record_key
+from jobs.identity import RequestIdentity
+from jobs.store import ACTIVE_KEY, PIPELINE_RETRIES
 from tests.fakes import Fault
 from tests.helpers import wait_for
 from tests.integration.test_pipeline import final_record, one_callback, submit
@@ -211,12 +212,12 @@ def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(
     # pool starts a new one.
     from tests.helpers import descendants
 
-    holder = Job.fetch(job_id_for("", "oom"), connection=redis).worker_name
+    holder = Job.fetch(RequestIdentity("", "oom").job_id, connection=redis).worker_name
     pid = int(redis.hget(f"rq:worker:{holder}", "pid") or 0)
     assert pid in descendants(pool.proc.pid), pool.output[-2000:]
     os.kill(pid, signal.SIGKILL)
     assert_resumed_once(client, fakes, "oom")
-    assert Job.fetch(job_id_for("", "oom"), connection=redis).worker_name != holder
+    assert Job.fetch(RequestIdentity("", "oom").job_id, connection=redis).worker_name != holder
 
 
 def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_process, redis) -> None:
@@ -241,7 +242,7 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
     fake_replicate, fake_pika, fake_game = fakes
     fake_pika.duration = 600
     submit(client, "deploys")
-    job_id = job_id_for("", "deploys")
+    job_id = RequestIdentity("", "deploys").job_id
     for _ in range(PIPELINE_RETRIES + 2):
         leaving = start_process("worker", **DEPLOYS)
         wait_for(
@@ -268,13 +269,13 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
 
 def test_janitor_reenqueues_a_request_whose_job_was_lost(client, fakes, start_process, redis) -> None:
     submit(client, "lost")
-    job_id = job_id_for("", "lost")
+    job_id = RequestIdentity("", "lost").job_id
     redis.delete(f"rq:job:{job_id}")
     redis.lrem("rq:queue:i2v", 0, job_id)
     start_process("worker")
     start_process("scheduler")
     assert final_record(client, "lost", timeout=30)["status"] == "completed"
-    assert redis.zscore(ACTIVE_KEY, record_key("", "lost")) is None
+    assert redis.zscore(ACTIVE_KEY, RequestIdentity("", "lost").record_key) is None
 
 
 def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, redis, settings) -> None:
@@ -283,9 +284,9 @@ def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, 
     _, _, fake_game = fakes
     submit(client, "cbcrash")
     store = RequestStore(redis, settings.record_ttl)
-    key = record_key("", "cbcrash")
-    redis.delete(f"rq:job:{job_id_for('', 'cbcrash')}")
-    redis.lrem("rq:queue:i2v", 0, job_id_for("", "cbcrash"))
+    key = RequestIdentity("", "cbcrash").record_key
+    redis.delete(f"rq:job:{RequestIdentity('', 'cbcrash').job_id}")
+    redis.lrem("rq:queue:i2v", 0, RequestIdentity("", "cbcrash").job_id)
     # A worker finished the request and died right after claiming the first delivery attempt.
     store.finish(key, "failed", error_code="generation_failed", error_message="x", stage="delivering")
     store.claim(key, "callback_claim_1", 60)
@@ -302,7 +303,7 @@ def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(
     submit(client, "limbo")
     # A worker took the job off the queue (RQ moves it to an intermediate list) and died before it
     # marked the job started: the job still says queued, and no worker looks at that list in time.
-    assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == job_id_for("", "limbo").encode()
+    assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == RequestIdentity("", "limbo").job_id.encode()
     start_process("worker")
     start_process("scheduler")
     assert final_record(client, "limbo", timeout=40)["status"] == "completed"
@@ -320,11 +321,11 @@ def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
 
     _, _, fake_game = fakes
     submit(client, "limbo-cb")
-    key = record_key("", "limbo-cb")
-    redis.delete(f"rq:job:{job_id_for('', 'limbo-cb')}")
-    redis.lrem("rq:queue:i2v", 0, job_id_for("", "limbo-cb"))
+    key = RequestIdentity("", "limbo-cb").record_key
+    redis.delete(f"rq:job:{RequestIdentity('', 'limbo-cb').job_id}")
+    redis.lrem("rq:queue:i2v", 0, RequestIdentity("", "limbo-cb").job_id)
     RequestStore(redis, settings.record_ttl).finish(key, "failed", error_code="generation_failed", error_message="x")
-    delivery = enqueue_delivery(Queue("i2v", connection=redis), key)
+    delivery = enqueue_delivery(Queue("i2v", connection=redis), RequestIdentity("", "limbo-cb"))
     # The worker that took the first delivery attempt off the queue died before starting it.
     assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == delivery.id.encode()
     start_process("worker")

@@ -18,7 +18,8 @@ from rq import Queue
 
 from config import settings_from
 from i2v_app import create_app
-from jobs.store import ACTIVE_KEY, KEY_PREFIX, TARGET_PREFIX
+from jobs.identity import KEY_PREFIX, TARGET_PREFIX
+from jobs.store import ACTIVE_KEY
 
 PLAIN = "https://cdn.example.com/images/plane.jpg"
 OTHER = "https://cdn.example.com/images/boat.jpg"

@@ -7,15 +7,15 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from jobs.identity import RequestIdentity
+from jobs.states import TERMINAL, Status
 from jobs.store import (
     PIPELINE_JOB,
     Record,
     RequestStore,
     TargetInUse,
     enqueue_pipeline,
-    job_id_for,
     pipeline_job,
-    target_claim_key,
 )
 
 TIMESTAMPS = {b"created_at", b"enqueued_at"}
@@ -31,7 +31,7 @@ def create(store: RequestStore, queue: Queue, request_id: str) -> Record:
 def test_the_job_is_written_exactly_as_rq_enqueues_it(redis: Redis) -> None:
     queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
     record = create(store, queue, "same-as-rq")
-    job_key = Job.key_for(job_id_for(record.owner, record.request_id))
+    job_key = Job.key_for(record.identity.job_id)
     ours = redis.hgetall(job_key)
     ours_queued = redis.lrange(queue.key, 0, -1)
     assert redis.sismember(Queue.redis_queues_keys, queue.key)
@@ -52,7 +52,7 @@ def test_the_job_is_written_exactly_as_rq_enqueues_it(redis: Redis) -> None:
 def test_rq_reads_the_job_back(redis: Redis) -> None:
     queue, store = Queue("i2v", connection=redis), RequestStore(redis, 3600)
     record = create(store, queue, "read-back")
-    job = Job.fetch(job_id_for(record.owner, record.request_id), connection=redis)
+    job = Job.fetch(record.identity.job_id, connection=redis)
     assert job.func_name == PIPELINE_JOB
     assert job.args == (record.key,)
     assert job.get_status() == JobStatus.QUEUED
@@ -83,7 +83,7 @@ def test_a_repeated_id_writes_nothing(redis: Redis) -> None:
 
 def claimed(owner: str, request_id: str = "game-1") -> Record:
     target = "https://game.example/requests/game-1/callback"
-    claim = target_claim_key(target, request_id)
+    claim = RequestIdentity(owner, request_id).target_claim_key(target)
     return Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg", owner=owner, target_claim=claim)
 
 
@@ -103,3 +103,28 @@ def test_a_target_claim_is_written_with_the_record_and_lives_as_long(redis: Redi
     store.update(mine.key, stage="delivering")
     assert redis.ttl(mine.key) > 3000
     assert redis.ttl(mine.target_claim) > 3000
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_finish_moves_every_status_but_the_terminal_ones(redis: Redis, status: Status) -> None:
+    """The finish script's list of terminal statuses is the declared one: an ended request never ends again."""
+    store = RequestStore(redis, 3600)
+    record = Record(request_id=f"finish-{status}", image_url="https://cdn.example.com/a.jpg", status=status)
+    redis.hset(record.key, mapping=record.to_redis())
+    moved = store.finish(record.key, Status.FAILED, error_code="internal_error")
+    assert moved is (status not in TERMINAL)
+    assert store.get_by_key(record.key).status == (status if status in TERMINAL else Status.FAILED)
+
+
+def test_save_sets_the_record_in_hand_and_writes_it_in_one_call(redis: Redis) -> None:
+    """The copy the pipeline holds and the stored one never disagree; a misspelt field writes nothing."""
+    store = RequestStore(redis, 3600)
+    record = Record(request_id="save-1", image_url="https://cdn.example.com/a.jpg")
+    redis.hset(record.key, mapping=record.to_redis())
+    store.save(record, prompt="a plane at dusk", provider_progress=40)
+    assert (record.prompt, record.provider_progress) == ("a plane at dusk", 40)
+    stored = store.get_by_key(record.key)
+    assert (stored.prompt, stored.provider_progress) == ("a plane at dusk", 40)
+    with pytest.raises(TypeError, match="promt"):
+        store.save(record, promt="typo", prompt="never written")
+    assert store.get_by_key(record.key).prompt == record.prompt == "a plane at dusk"

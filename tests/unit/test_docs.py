@@ -1,11 +1,13 @@
-"""The documentation names every setting the service reads, and its links lead somewhere."""
+"""The documentation names every setting, status and stage the service has, and its links lead somewhere."""
 
 import re
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
 
 from config import VARIABLES
+from jobs.states import CallbackStatus, Stage, Status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +59,20 @@ def test_every_relative_link_leads_to_a_file_and_heading(document: Path) -> None
         if not path.exists() or missing_heading:
             broken.append(target)
     assert broken == [], f"{document.relative_to(ROOT)} links to what does not exist: {broken}"
+
+
+@pytest.mark.parametrize(("field", "states"), [("status", Status), ("stage", Stage), ("callback", CallbackStatus)])
+def test_the_status_shape_in_the_api_docs_lists_exactly_the_declared_values(field: str, states: type[StrEnum]) -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    line = re.search(rf'^ *"?{field}"?: [{{]?"?(?:status"?: )?((?:"[a-z_]+"(?: \| )?)+)', text, re.MULTILINE)
+    assert line, f"the API docs' status shape has no {field} line"
+    assert re.findall(r'"([a-z_]+)"', line[1]) == [state.value for state in states]
+
+
+def test_the_lifecycle_in_the_api_docs_describes_every_stage_and_status() -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    lifecycle = text[text.index("## Lifecycle and failures") :]
+    missing = [stage.value for stage in Stage if f"| `{stage}` |" not in lifecycle]
+    assert missing == [], f"the lifecycle table does not describe {missing}"
+    diagram = lifecycle[: lifecycle.index("| stage |")]
+    assert [s for s in Status if s not in diagram] == []

@@ -25,7 +25,8 @@ from jobs.clients.http import make_session
 from jobs.context import build_context
 from jobs.errors import GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
-from jobs.media import MediaStore, media_name
+from jobs.identity import RequestIdentity
+from jobs.media import MediaStore
 from tests.fakes.files import FileServer, image_bytes
 
 PNG = image_bytes()
@@ -240,7 +241,7 @@ def test_a_video_copy_streams_into_the_store(
     settings = keep_settings(tmp_path, redis_url, store)
     context = build_context(settings, redis)
     url = files.put("/out.mp4", VIDEO, "video/mp4")
-    name = media_name("test-secret", "", f"stream-{store}")
+    name = RequestIdentity("", f"stream-{store}").media_name("test-secret")
     kept: list[str] = []
     peak = peak_bytes(lambda: kept.append(context.video.keep(url, name)))
     assert kept == [context.media.url(name)]
@@ -263,7 +264,7 @@ def test_a_failed_video_copy_leaves_nothing_behind(
         body, promised = os.urandom(3 * 1024 * 1024), 4 * 1024 * 1024
         url = files.put("/cut.mp4", body, "video/mp4", declared_length=promised, headers={"Connection": "close"})
         reason = "could not download"
-    name = media_name("test-secret", "", f"cut-{store}")
+    name = RequestIdentity("", f"cut-{store}").media_name("test-secret")
     with pytest.raises(GenerationFailed, match=reason):
         context.video.keep(url, name)
     assert not context.media.exists(name)
@@ -277,7 +278,7 @@ def test_the_web_serves_a_range_of_a_redis_video_without_loading_it(
 ) -> None:
     """MEDIA_STORE=redis: a Range request reads only its slice, not the 24 MiB video."""
     settings = keep_settings(tmp_path, redis_url, "redis")
-    name = media_name("test-secret", "", "served")
+    name = RequestIdentity("", "served").media_name("test-secret")
     MediaStore(settings, redis).save(name, VIDEO)
     client = create_app(settings).test_client()
     answers = []

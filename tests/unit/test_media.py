@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -13,13 +14,12 @@ from redis import Redis
 
 from config import Settings, settings_from
 from i2v_app import create_app
+from jobs.identity import RequestIdentity
 from jobs.media import (
     NAME_KEY_IN_REDIS,
     REDIS_CHUNK,
     REDIS_PREFIX,
     MediaStore,
-    legacy_media_name,
-    media_name,
     valid_name,
 )
 from jobs.pipeline import video_name
@@ -48,12 +48,12 @@ def media_settings(tmp_path: Path, redis_url: str = "redis://127.0.0.1:6379/0", 
 
 def test_media_names_are_digests_of_owner_and_request_id() -> None:
     """40 hex digits, stable, different per owner and per id, never containing the id."""
-    name = media_name(SECRET, "", "demo-1")
+    name = RequestIdentity("", "demo-1").media_name(SECRET)
     assert re.fullmatch(r"[0-9a-f]{40}", name)
-    assert media_name(SECRET, "", "demo-1") == name
-    assert media_name(SECRET, "key-abc", "demo-1") != name
-    assert media_name(SECRET, "", "demo-2") != name
-    assert "demo" not in media_name(SECRET, "", "demo")
+    assert RequestIdentity("", "demo-1").media_name(SECRET) == name
+    assert RequestIdentity("key-abc", "demo-1").media_name(SECRET) != name
+    assert RequestIdentity("", "demo-2").media_name(SECRET) != name
+    assert "demo" not in RequestIdentity("", "demo").media_name(SECRET)
     assert valid_name(name)
 
 
@@ -63,7 +63,9 @@ class _Store:
     def __init__(self) -> None:
         self.writes: list[dict] = []
 
-    def update(self, key: str, **fields: object) -> None:
+    def save(self, record: Record, **fields: object) -> None:
+        for name, value in fields.items():
+            setattr(record, name, value)
         self.writes.append(fields)
 
 
@@ -76,7 +78,7 @@ def test_video_name_is_made_once_stored_and_kept_across_a_secret_change() -> Non
     record = Record(request_id="r-1", image_url="https://example.com/a.png", owner="key-abc")
     first = _ctx(SECRET)
     name = video_name(first, record)
-    assert name == media_name(SECRET, "key-abc", "r-1")
+    assert name == RequestIdentity("key-abc", "r-1").media_name(SECRET)
     assert first.store.writes == [{"media_name": name}]
     rotated = _ctx("another-secret-0123456789abcdef0123456789")
     assert video_name(rotated, Record.from_redis(record.to_redis())) == name
@@ -87,16 +89,16 @@ def test_video_name_of_a_request_submitted_before_the_upgrade_is_the_old_one() -
     """A record submitted without a stored name keeps the unkeyed name its video was made under."""
     record = Record(request_id="r-2", image_url="https://example.com/a.png", provider_job_id="pika-1")
     ctx = _ctx(SECRET)
-    assert video_name(ctx, record) == legacy_media_name("", "r-2")
+    assert video_name(ctx, record) == RequestIdentity("", "r-2").legacy_media_name
     assert ctx.store.writes == []
 
 
 def test_media_names_need_the_server_secret() -> None:
     """Owner and request id alone (a key's digest and a guessable id) do not give the name away."""
-    name = media_name(SECRET, "key-abc", "demo-1")
-    assert name != legacy_media_name("key-abc", "demo-1")
-    assert name != media_name(SECRET + "x", "key-abc", "demo-1")
-    assert valid_name(legacy_media_name("key-abc", "demo-1"))
+    name = RequestIdentity("key-abc", "demo-1").media_name(SECRET)
+    assert name != RequestIdentity("key-abc", "demo-1").legacy_media_name
+    assert name != RequestIdentity("key-abc", "demo-1").media_name(SECRET + "x")
+    assert valid_name(RequestIdentity("key-abc", "demo-1").legacy_media_name)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def test_valid_name_refuses_anything_but_40_lowercase_hex(name: str) -> None:
 def test_disk_store_saves_atomically_and_answers_exists_path_and_url(tmp_path: Path, redis: Redis) -> None:
     """A saved video is a file named <digest>.mp4 (no partial files left) with a URL under PUBLIC_BASE_URL."""
     store = MediaStore(media_settings(tmp_path), redis)
-    name = media_name(SECRET, "", "disk-1")
+    name = RequestIdentity("", "disk-1").media_name(SECRET)
     assert not store.exists(name)
     assert store.path(name) is None
     url = store.save(name, VIDEO)
@@ -139,7 +141,11 @@ def test_expire_removes_only_videos_older_than_media_ttl(tmp_path: Path, redis: 
     """Files whose mtime is more than MEDIA_TTL ago go; newer ones stay."""
     store = MediaStore(media_settings(tmp_path), redis)
     assert store.expire() == 0  # no directory yet
-    old, young, edge = media_name(SECRET, "", "old"), media_name(SECRET, "", "young"), media_name(SECRET, "", "edge")
+    old, young, edge = (
+        RequestIdentity("", "old").media_name(SECRET),
+        RequestIdentity("", "young").media_name(SECRET),
+        RequestIdentity("", "edge").media_name(SECRET),
+    )
     for name in (old, young, edge):
         store.save(name, VIDEO)
     now = time.time()
@@ -169,7 +175,7 @@ def test_expire_removes_partial_files_a_killed_copy_left(tmp_path: Path, redis: 
 def test_redis_store_keeps_bytes_with_media_ttl_and_writes_no_files(tmp_path: Path, redis: Redis) -> None:
     """MEDIA_STORE=redis keeps the video under a digest key that expires after MEDIA_TTL."""
     store = MediaStore(media_settings(tmp_path, MEDIA_STORE="redis"), redis)
-    name = media_name(SECRET, "key-1", "redis-1")
+    name = RequestIdentity("key-1", "redis-1").media_name(SECRET)
     assert not store.exists(name)
     assert store.read(name) is None
     assert store.save(name, VIDEO) == f"{BASE}/media/{name}.mp4"
@@ -196,7 +202,7 @@ def test_a_redis_chunk_sent_twice_is_stored_once(tmp_path: Path, redis: Redis) -
             return lambda *args: [command(*args), command(*args)][-1]
 
     store = MediaStore(media_settings(tmp_path, MEDIA_STORE="redis"), Repeating())  # type: ignore[arg-type]
-    name = media_name(SECRET, "", "retried")
+    name = RequestIdentity("", "retried").media_name(SECRET)
     video = os.urandom(3 * REDIS_CHUNK + 5)
     with store.writer(name) as out:
         for start in range(0, len(video), 64 * 1024):
@@ -211,7 +217,7 @@ def test_a_redis_chunk_sent_twice_is_stored_once(tmp_path: Path, redis: Redis) -
 def served(request, tmp_path: Path, redis: Redis, redis_url: str):
     """An app and one stored video, in either store."""
     settings = media_settings(tmp_path, redis_url, MEDIA_STORE=request.param)
-    name = media_name(SECRET, "", f"route-{request.param}")
+    name = RequestIdentity("", f"route-{request.param}").media_name(SECRET)
     MediaStore(settings, redis).save(name, VIDEO)
     app = create_app(settings)
     app.config["TESTING"] = True
@@ -268,7 +274,7 @@ def test_media_route_is_404_for_unknown_or_invalid_names(served, path: str) -> N
 def test_media_route_is_public_when_api_keys_are_required(tmp_path: Path, redis: Redis, redis_url: str) -> None:
     """The digest name is the capability: a callback's URL opens without an API key."""
     settings = media_settings(tmp_path, redis_url, I2V_AUTH_DISABLED="0", I2V_API_KEYS="secret-key-0123456789")
-    name = media_name(SECRET, "key-x", "public")
+    name = RequestIdentity("key-x", "public").media_name(SECRET)
     MediaStore(settings, redis).save(name, VIDEO)
     client = create_app(settings).test_client()
     assert client.get(f"/media/{name}.mp4").status_code == 200
@@ -279,9 +285,9 @@ def test_without_a_configured_secret_names_are_keyed_with_one_key_per_deployment
     """No MEDIA_NAME_SECRET: a random key made once and kept in Redis, the same for every worker."""
     record = Record(request_id="r-2", image_url="https://example.com/a.png", owner="key-abc")
     first = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
-    name = video_name(first, Record(**{**record.__dict__}))
+    name = video_name(first, dataclasses.replace(record))
     second = SimpleNamespace(settings=Settings(), store=_Store(), redis=redis)
-    assert video_name(second, Record(**{**record.__dict__})) == name
-    assert name != legacy_media_name("key-abc", "r-2")
-    assert name == media_name(redis.get(NAME_KEY_IN_REDIS).decode(), "key-abc", "r-2")
+    assert video_name(second, dataclasses.replace(record)) == name
+    assert name != RequestIdentity("key-abc", "r-2").legacy_media_name
+    assert name == RequestIdentity("key-abc", "r-2").media_name(redis.get(NAME_KEY_IN_REDIS).decode())
     assert len(redis.get(NAME_KEY_IN_REDIS)) >= 64
