@@ -115,8 +115,16 @@ def redis_server_binary() -> str:
     return binary
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_redis(
+    data_dir: Path, port: int | None = None, *, appendfsync: str = "everysec"
+) -> tuple[subprocess.Popen, str]:
     """Start a private Redis server on 127.0.0.1 and wait until it answers.
+
+    Args:
+        data_dir: where its AOF and RDB files live.
+        port: the port, else a free one.
+        appendfsync: ``always`` when the caller kills Redis and every acknowledged write must survive
+            (with ``everysec`` Redis may answer before the write reaches its file).
 
     Returns:
         The process and its ``redis://`` URL.
@@ -126,7 +134,8 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     proc = subprocess.Popen(
         [
             *(redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)),
-            *("--save", "60 1", "--appendonly", "yes", "--maxmemory-policy", "noeviction"),
+            *("--save", "60 1", "--appendonly", "yes", "--appendfsync", appendfsync),
+            *("--maxmemory-policy", "noeviction"),
         ],
         stdout=subprocess.DEVNULL,
         # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers are done.

@@ -111,7 +111,8 @@ class ChaosRedis:
 
     def start(self) -> None:
         """Start (or restart, reading the AOF back) and wait until it answers."""
-        self.proc, _ = start_redis(self.data_dir, self.port)
+        # SIGKILLed on purpose: every write it acknowledged must be in its AOF (see docs/operations.md).
+        self.proc, _ = start_redis(self.data_dir, self.port, appendfsync="always")
 
     def pause(self, seconds: float) -> None:
         """Freeze the server (SIGSTOP) for ``seconds``: connections stay open and get no answer."""

@@ -26,7 +26,8 @@ class RestartableRedis:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc, _ = start_redis(self.data_dir, self.port)
+        # Stopped and restarted by the tests: every write it acknowledged must be in its AOF.
+        self.proc, _ = start_redis(self.data_dir, self.port, appendfsync="always")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
