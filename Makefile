@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
+# Test processes for `make test`; each takes whole test files (one file's tests share their servers).
+TEST_PROCESSES ?= 2
 
 .PHONY: run test audit lint format clean bench
 
@@ -22,7 +24,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 ## audit: known vulnerabilities of the pinned runtime requirements (pip-audit; accepted ones in .ci/audit-ignore)
 audit: $(STAMP)
