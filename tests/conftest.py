@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -35,7 +36,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis for the whole run: our own redis-server unless I2V_TEST_REDIS_URL names one."""
     given = os.environ.get("I2V_TEST_REDIS_URL")
     if given:
-        yield given
+        # Each test process (pytest-xdist's gw0, gw1, ...) flushes a database of its own.
+        index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        base = Redis.from_url(given).connection_pool.connection_kwargs.get("db", 0)
+        yield (
+            given.rsplit("/", 1)[0] + f"/{base + index}"
+            if urlsplit(given).path.strip("/")
+            else f"{given.rstrip('/')}/{index}"
+        )
         return
     proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
