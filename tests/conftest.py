@@ -21,7 +21,7 @@ from i2v_app import create_app
 from launch import find_redis_server, start_redis
 from tests.fakes import FakeGame, FakePika, FakeReplicate
 from tests.fakes.files import FileServer
-from tests.helpers import FAST_TIMINGS, ServiceProcess, python_env
+from tests.helpers import FAST_TIMINGS, OwnRedis, ServiceProcess, python_env
 
 os.environ["I2V_DOTENV"] = "0"
 
@@ -49,6 +49,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A Redis of the test's own that it may stop, pause or kill (set up before the processes: stops after them)."""
+    server = OwnRedis(tmp_path / "own-redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

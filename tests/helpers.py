@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from launch import descendants, poll_until, read_procfile, spawn
+from redis import Redis
+
+from launch import descendants, free_port, poll_until, read_procfile, spawn, start_redis
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +116,51 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+class OwnRedis:
+    """A test's own redis-server on a fixed port, AOF on: stopped, paused, killed and started again.
+
+    It flushes every write before answering (``appendfsync always``): the tests kill it and expect
+    every write it acknowledged to come back from its AOF (see docs/operations.md).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start (or start again, reading the AOF back) and wait until it answers."""
+        self.proc, _ = start_redis(self.data_dir, self.port, appendfsync="always")
+
+    def pause(self, seconds: float) -> None:
+        """Freeze the server (SIGSTOP) for ``seconds``: connections stay open and get no answer."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the server (no shutdown save) and start it again from its AOF."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        time.sleep(0.5)
+        self.start()
+
+    def stop(self) -> None:
+        """Resume it if paused, then stop it cleanly (a clean shutdown writes the data out)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def connect(self) -> Redis:
+        """A plain connection for the test's own reads."""
+        return Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)

@@ -18,12 +18,11 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import threading
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,12 @@ from urllib.parse import unquote
 
 import pytest
 import requests
-from redis import Redis
 from rq.exceptions import SchedulerNotFound
 from rq.scheduler import RQScheduler
 
-from launch import descendants, free_port, start_redis
+from launch import descendants, free_port
 from tests.fakes import FakeGame, FakePika, FakeReplicate, Fault
-from tests.helpers import ServiceProcess
+from tests.helpers import OwnRedis, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -100,57 +98,12 @@ FIRST_HALF = ["kill lock holder", "term pool", "kill pool", "kill janitor", "ter
 SECOND_HALF = ["kill lock holder", "term lock holder", "kill pool on resume", "term janitor", "kill web", "pause redis"]
 
 
-class ChaosRedis:
-    """The test's own redis-server with AOF on, on a fixed port: paused, killed and restarted."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start (or restart, reading the AOF back) and wait until it answers."""
-        # SIGKILLed on purpose: every write it acknowledged must be in its AOF (see docs/operations.md).
-        self.proc, _ = start_redis(self.data_dir, self.port, appendfsync="always")
-
-    def pause(self, seconds: float) -> None:
-        """Freeze the server (SIGSTOP) for ``seconds``: connections stay open and get no answer."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(self.proc.pid, signal.SIGCONT)
-
-    def kill_and_restart(self) -> None:
-        """SIGKILL the server (no shutdown save) and start it again from its AOF."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-        time.sleep(0.5)
-        self.start()
-
-    def stop(self) -> None:
-        """Resume it if paused, then stop it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGCONT)
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def connect(self) -> Redis:
-        """A plain connection for the test's own reads."""
-        return Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
-
-
 @dataclass
 class Cluster:
     """The running Procfile processes, restarted as a platform would after each kill."""
 
     start_process: Callable[..., ServiceProcess]
-    redis: ChaosRedis
+    redis: OwnRedis
     runtime_dir: Path
     web: ServiceProcess | None = None
     web_url: str = ""
@@ -344,18 +297,9 @@ def get_record(cluster: Cluster, request_id: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture
-def chaos_redis(tmp_path: Path) -> Iterator[ChaosRedis]:
-    """The chaos Redis (set up before the processes, so it stops after them)."""
-    server = ChaosRedis(tmp_path / "chaos-redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def cluster(chaos_redis: ChaosRedis, start_process, tmp_path: Path) -> Cluster:
+def cluster(own_redis: OwnRedis, start_process, tmp_path: Path) -> Cluster:
     """Web, janitor and worker pools on the chaos Redis; they are stopped after the test."""
-    cluster = Cluster(start_process, chaos_redis, tmp_path)
+    cluster = Cluster(start_process, own_redis, tmp_path)
     cluster.start_all()
     return cluster
 

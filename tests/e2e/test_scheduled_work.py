@@ -24,8 +24,7 @@ from jobs.identity import RequestIdentity
 from jobs.store import PIPELINE_RETRIES
 from launch import descendants
 from tests.fakes import Fault
-from tests.helpers import ServiceProcess, completed_callback, wait_for
-from tests.integration.test_redis_faults import RestartableRedis
+from tests.helpers import OwnRedis, ServiceProcess, completed_callback, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -136,7 +135,7 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
 ) -> None:
     """Redis crashes (SIGKILL) and comes back from its append-only file: the retry still goes out in time."""
     _, _, fake_game = fakes
-    server = RestartableRedis(tmp_path / "redis")
+    server = OwnRedis(tmp_path / "redis")
     server.start()
     processes: list[ServiceProcess] = []
     try:
@@ -144,7 +143,6 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
         client = create_app(settings_from({**service_env, **env})).test_client()
         processes += [start_process("scheduler", **env), start_process("worker", **env)]
         due = first_attempt_failed(client, fake_game, "sched-aof")
-        time.sleep(1.5)  # the AOF is written to disk every second
         assert server.proc is not None
         server.proc.kill()
         server.proc.wait(timeout=10)

@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis import Redis
 
 from config import settings_from
 from i2v_app import create_app
-from launch import free_port, start_redis
-from tests.helpers import wait_for
-
-
-class RestartableRedis:
-    """A private redis-server on a fixed port whose data survives a restart (AOF on)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        # Stopped and restarted by the tests: every write it acknowledged must be in its AOF.
-        self.proc, _ = start_redis(self.data_dir, self.port, appendfsync="always")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # a clean shutdown writes the data out
-            self.proc.wait(timeout=10)
+from tests.helpers import OwnRedis, wait_for
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def faulty(own_redis: RestartableRedis, service_env: dict[str, str], start_process):
+def faulty(own_redis: OwnRedis, service_env: dict[str, str], start_process):
     """The app and a way to start processes, all on the restartable Redis."""
     env = {**service_env, "REDIS_URL": own_redis.url}
     app = create_app(settings_from(env))
