@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 LOCK_TTL = 10
 #: Seconds between two moves by the holder (and between the janitor's tries for the lock).
 MOVE_INTERVAL = 1.0
-#: Seconds between a worker's tries for the lock while another process holds it.
-STAND_IN_INTERVAL = 5.0
+#: Seconds between a worker's tries for the lock while another process holds it. Each try wakes the
+#: process: with hundreds of workers, every 5 s cost more CPU than all their waiting requests. At 20 s
+#: a dead holder is still replaced within about 31 s (TTL + one interval + one move), inside the 60 s
+#: a callback retry may be late.
+STAND_IN_INTERVAL = 20.0
 
 
 class ScheduledJobMover:
