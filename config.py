@@ -53,7 +53,7 @@ class Settings:
     pikapi_bearer_token: str = _secret()
     replicate_api_token: str = _secret()
     game_api_key: str = _secret()
-    #: HMAC key of media names (a random one per process in development: names are stored).
+    #: HMAC key of media names; unset, the worker makes a random one and keeps it in Redis (names are stored).
     media_name_secret: str = _secret()
 
     # Mode and backends.
