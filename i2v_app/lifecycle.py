@@ -13,7 +13,7 @@ from jobs.store import (
     NotAdmitted,
     Record,
     TargetInUse,
-    callback_url,
+    callback_target,
     enqueue_delivery,
     pipeline_job,
 )
@@ -45,7 +45,7 @@ def submit(record: Record) -> Created:
     """
     settings, queue = services.settings(), services.queue()
     record.provider = settings.video_backend
-    target = record.callback_url or callback_url(settings.callback_api_url, record.request_id)
+    target = callback_target(settings.callback_api_url, record)
     record.target_claim = record.identity.target_claim_key(target)
     job = pipeline_job(queue, record, settings.job_timeout)
     try:

@@ -22,7 +22,7 @@ from jobs import metrics
 from jobs.clients.game import may_carry_key
 from jobs.context import Context, get_context
 from jobs.states import CallbackStatus, Stage, Status
-from jobs.store import DELIVERY_JOB, Record, callback_url
+from jobs.store import DELIVERY_JOB, Record, callback_target, callback_url
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def delivery_target(ctx: Context, record: Record) -> tuple[str, dict[str, str]]:
         ValueError: the request id cannot name a callback URL (see :func:`callback_url`).
     """
     own_url = callback_url(ctx.settings.callback_api_url, record.request_id)
-    url = record.callback_url or own_url
+    url = callback_target(ctx.settings.callback_api_url, record)
     headers: dict[str, str] = {}
     # The GAME key belongs to GAME's callback of this request: a per-request URL, even on GAME's
     # host, never sees it.

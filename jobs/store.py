@@ -137,6 +137,11 @@ def callback_url(template: str, request_id: str) -> str:
     return f"{template.rstrip('/')}/{encoded}/callback"
 
 
+def callback_target(template: str, record: Record) -> str:
+    """Where a request is called back: its own ``callback_url``, else the one ``template`` builds."""
+    return record.callback_url or callback_url(template, record.request_id)
+
+
 class NotAdmitted(Exception):
     """A new request was refused (the backlog is full)."""
 

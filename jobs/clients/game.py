@@ -8,11 +8,6 @@ import requests
 
 from config import Settings, plain_http_off_machine
 from jobs.clients.http import make_session, retry_after_seconds
-from jobs.store import callback_url
-
-# callback_url lives in the store now (the web process claims each request's callback URL); it is
-# still importable from here, where callers have always found it.
-__all__ = ["DeliveryResult", "GameClient", "callback_url", "may_carry_key"]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from config import settings_from
-from jobs.clients.game import callback_url
 from jobs.delivery import callback_payload, delivery_target, sign
-from jobs.store import Record
+from jobs.store import Record, callback_url
 from tests.helpers import completed_callback
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
