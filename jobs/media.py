@@ -107,11 +107,6 @@ class MediaStore:
             return bool(self.redis.exists(REDIS_PREFIX + name))
         return (self.directory / f"{name}.mp4").is_file()
 
-    def read(self, name: str) -> bytes | None:
-        """A stored video's bytes (Redis store), or None; whole, so for small videos and tests only."""
-        data = self.redis.get(REDIS_PREFIX + name)
-        return bytes(data) if data is not None else None
-
     def open(self, name: str) -> tuple[IO[bytes], int] | None:
         """A stored video (Redis store) as a seekable file that reads slices, with its size; or None."""
         key = REDIS_PREFIX + name

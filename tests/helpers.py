@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis import Redis
 
@@ -164,3 +164,13 @@ class OwnRedis:
     def connect(self) -> Redis:
         """A plain connection for the test's own reads."""
         return Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def redis_bytes(store: Any, name: str) -> bytes | None:
+    """All of a video in the Redis media store, read the way the web reads it (in slices)."""
+    opened = store.open(name)
+    if opened is None:
+        return None
+    file, _ = opened
+    with file:
+        return file.read()

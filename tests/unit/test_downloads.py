@@ -28,6 +28,7 @@ from jobs.fetch import FetchError, fetch, open_image
 from jobs.identity import RequestIdentity
 from jobs.media import MediaStore
 from tests.fakes.files import FileServer, image_bytes
+from tests.helpers import redis_bytes
 
 PNG = image_bytes()
 REBIND = "rebind.example"
@@ -246,7 +247,7 @@ def test_a_video_copy_streams_into_the_store(
     peak = peak_bytes(lambda: kept.append(context.video.keep(url, name)))
     assert kept == [context.media.url(name)]
     assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
-    stored = context.media.read(name) if store == "redis" else context.media.path(name).read_bytes()
+    stored = redis_bytes(context.media, name) if store == "redis" else context.media.path(name).read_bytes()
     assert stored == VIDEO
 
 

@@ -24,6 +24,7 @@ from jobs.media import (
 )
 from jobs.pipeline import video_name
 from jobs.store import Record
+from tests.helpers import redis_bytes
 
 VIDEO = bytes(range(256)) * 40  # 10,240 bytes standing in for an MP4
 BASE = "https://i2v.example.com"
@@ -177,10 +178,10 @@ def test_redis_store_keeps_bytes_with_media_ttl_and_writes_no_files(tmp_path: Pa
     store = MediaStore(media_settings(tmp_path, MEDIA_STORE="redis"), redis)
     name = RequestIdentity("key-1", "redis-1").media_name(SECRET)
     assert not store.exists(name)
-    assert store.read(name) is None
+    assert store.open(name) is None
     assert store.save(name, VIDEO) == f"{BASE}/media/{name}.mp4"
     assert store.exists(name)
-    assert store.read(name) == VIDEO
+    assert redis_bytes(store, name) == VIDEO
     assert store.path(name) is None
     assert 3500 < redis.ttl(REDIS_PREFIX + name) <= 3600
     assert [k.decode() for k in redis.keys("*")] == [REDIS_PREFIX + name]
