@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -13,6 +12,7 @@ from redis.retry import Retry
 from rq import Queue
 
 from config import Settings, load_settings
+from jobs.backends import Captioner, VideoBackend
 from jobs.clients.game import GameClient
 from jobs.clients.local_backends import ImageSource, LocalCaptioner, LocalVideo
 from jobs.clients.pika import PikaClient
@@ -20,7 +20,7 @@ from jobs.clients.replicate import ReplicateAPI, ReplicateCaptioner, ReplicateVi
 from jobs.errors import GenerationFailed
 from jobs.fetch import FetchError, download
 from jobs.media import MediaStore
-from jobs.slots import PikaSlots
+from jobs.slots import VideoSlots
 from jobs.store import RequestStore
 
 #: Largest provider video the service copies into its media store.
@@ -35,10 +35,10 @@ class Context:
     redis: Redis
     store: RequestStore
     queue: Queue
-    captioner: Any  # ReplicateCaptioner | LocalCaptioner
-    video: Any  # PikaClient | ReplicateVideo | LocalVideo
+    captioner: Captioner
+    video: VideoBackend
     game: GameClient
-    slots: PikaSlots
+    slots: VideoSlots
     media: MediaStore
     #: (record key, monotonic time) of this process's last cancel read; it runs one request at a time.
     last_cancel_check: tuple[str, float] = ("", 0.0)
@@ -109,12 +109,12 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
             raise GenerationFailed(f"could not keep the provider's video: {exc}") from None
         return media.url(name)
 
-    captioner = (
+    captioner: Captioner = (
         ReplicateCaptioner(settings, api)
         if settings.caption_backend == "replicate"
         else LocalCaptioner(settings, images)
     )
-    video = {
+    video: VideoBackend = {
         "pika": lambda: PikaClient(settings),
         "replicate": lambda: ReplicateVideo(settings, api, keep),
         "local": lambda: LocalVideo(settings, images, media),
@@ -127,10 +127,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         captioner=captioner,
         video=video,
         game=GameClient(settings),
-        # The cap is Pika's: other backends are not held back by it.
-        slots=PikaSlots(
-            redis, settings.pika_max_concurrency if settings.video_backend == "pika" else 0, lease=settings.job_timeout
-        ),
+        slots=VideoSlots(redis, video.max_concurrency(), lease=settings.job_timeout),
         media=media,
     )
 

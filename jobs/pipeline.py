@@ -1,10 +1,11 @@
-"""The pipeline job: caption the image, have Pika animate it, wait for the video, call back.
+"""The pipeline job: caption the image, have the video backend animate it, wait for the video, call back.
 
 One RQ job per request runs :func:`run_request`. Every step starts from what the record says,
 so a job that runs again after a crash resumes where the last one stood: it waits on the saved
-prediction, polls the saved Pika job, and never creates either twice. Known failures end the
+prediction, polls the saved video job, and never creates either twice. Known failures end the
 request at once with one FAILED callback; anything unexpected is left to RQ's retries, and
-:func:`on_job_failure` fails the request once they are used up.
+:func:`on_job_failure` fails the request once they are used up. The backends are known only
+through their protocols in ``jobs.backends``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from jobs import metrics, shutdown
-from jobs.clients.local_backends import LocalCaptioner
-from jobs.clients.pika import VideoState
+from jobs.backends import VideoState
 from jobs.context import Context, get_context
 from jobs.delivery import attempt_delivery
 from jobs.errors import (
@@ -80,7 +80,7 @@ def generate(ctx: Context, record: Record) -> None:
         check_cancel(ctx, record)
         prompt = record.prompt or caption(ctx, record)
         job_id = record.provider_job_id or submit(ctx, record, prompt)
-        ctx.slots.acquire(record.key, force=True)  # a resumed request keeps its place at Pika
+        ctx.slots.acquire(record.key, force=True)  # a resumed request keeps its place at the provider
         video = wait_for_video(ctx, record, job_id)
     except PipelineError as exc:
         fail(ctx, record, exc)
@@ -131,12 +131,12 @@ def deliver_first(ctx: Context, key: str) -> None:
 
 
 def caption(ctx: Context, record: Record) -> str:
-    """Get a prompt for the image from the CLIP Interrogator, resuming a saved prediction."""
+    """Get a prompt for the image from the captioner: at once, or from a (saved, resumable) prediction."""
     with step(ctx, record, Stage.CAPTIONING):
         if record.caption_started_at is None:
             ctx.store.save(record, caption_started_at=time.time())
-        if isinstance(ctx.captioner, LocalCaptioner):
-            prompt = ctx.captioner.describe_url(record.image_url)
+        prompt = ctx.captioner.describe(record.image_url)
+        if prompt is not None:
             ctx.store.save(record, prompt=prompt)
             return prompt
         # One budget for the whole step: "retry for about a minute in all", not per call.
@@ -168,7 +168,15 @@ def create_prediction(ctx: Context, record: Record, budget: RetryBudget) -> str:
                 ctx.store.save(record, caption_inflight=False)
             raise
 
-    prediction_id = with_retries(ctx, record, create, budget=budget, give_up=CaptionFailed, what="Replicate create")
+    prediction_id = with_retries(
+        ctx,
+        record,
+        create,
+        budget=budget,
+        give_up=CaptionFailed,
+        provider=ctx.captioner.name,
+        what=f"{ctx.captioner.label} create",
+    )
     ctx.store.save(record, prediction_id=prediction_id, caption_inflight=False)
     log_event(record, "prediction created", prediction_id=prediction_id)
     return prediction_id
@@ -184,7 +192,8 @@ def wait_for_prediction(ctx: Context, record: Record, prediction_id: str, budget
             lambda: ctx.captioner.get(prediction_id),
             budget=budget,
             give_up=CaptionFailed,
-            what="Replicate get",
+            provider=ctx.captioner.name,
+            what=f"{ctx.captioner.label} get",
         )
         if state.status == "succeeded":
             if not state.prompt:
@@ -203,7 +212,7 @@ def wait_for_prediction(ctx: Context, record: Record, prediction_id: str, budget
 
 
 def submit(ctx: Context, record: Record, prompt: str) -> str:
-    """Submit the image and prompt to Pika once, retrying only answers that mean 'not accepted'."""
+    """Submit the image and prompt to the video backend once, retrying only answers that mean 'not accepted'."""
     with step(ctx, record, Stage.SUBMITTING):
         if record.submit_inflight:
             raise GenerationUnknown("an earlier attempt sent a submission whose answer was lost")
@@ -228,13 +237,13 @@ def submit(ctx: Context, record: Record, prompt: str) -> str:
                 elapsed = time.monotonic() - started
                 if exc.kind == "throttled":
                     if elapsed + delay > ctx.settings.generation_deadline:
-                        raise ProviderUnavailable(f"Pika kept throttling for {elapsed:.0f} s") from exc
+                        raise ProviderUnavailable(f"{ctx.video.label} kept throttling for {elapsed:.0f} s") from exc
                 else:
                     server_errors += 1
                     if server_errors > 2 or elapsed + delay > ctx.settings.provider_retry_budget / 2:
                         cls = GenerationFailed if exc.kind == "server_error" else ProviderUnavailable
-                        raise cls(f"Pika did not accept the submission: {exc.message}") from exc
-                log_event(record, "retrying Pika submission", error=exc.message, delay_s=round(delay, 2))
+                        raise cls(f"{ctx.video.label} did not accept the submission: {exc.message}") from exc
+                log_event(record, f"retrying {ctx.video.label} submission", error=exc.message, delay_s=round(delay, 2))
                 sleep(ctx, record, delay)
                 continue
             except GenerationFailed:
@@ -262,17 +271,17 @@ def video_name(ctx: Context, record: Record) -> str:
 
 
 def wait_for_slot(ctx: Context, record: Record) -> None:
-    """Wait until fewer than ``PIKA_MAX_CONCURRENCY`` requests are in flight at Pika."""
+    """Wait until fewer than the backend's cap of requests (``PIKA_MAX_CONCURRENCY``) are in flight."""
     started = time.monotonic()
     while not ctx.slots.acquire(record.key):
         if time.monotonic() - started > ctx.settings.generation_deadline:
-            raise ProviderUnavailable("no Pika slot came free within the generation deadline")
+            raise ProviderUnavailable(f"no {ctx.video.label} slot came free within the generation deadline")
         sleep(ctx, record, min(1.0, ctx.settings.poll_interval))
 
 
 def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
-    """Wait for the backend's first look (``INITIAL_WAIT_TIME`` for Pika), then poll until the
-    video is ready or the deadline passes.
+    """Wait for the backend's first look (``first_poll_after``), then poll until the video is ready
+    or the deadline passes.
 
     Deadlines run from the submission time saved in the record, also after a restart.
     """
@@ -305,9 +314,8 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
                 sleep(ctx, record, min(ctx.settings.poll_interval, remaining))
     except (RequestCanceled, GenerationTimeout):
         # Nobody will watch this video: stop paying for it where the backend can be told.
-        if hasattr(ctx.video, "cancel"):
-            with contextlib.suppress(TransientError, PipelineError):
-                ctx.video.cancel(job_id)
+        with contextlib.suppress(TransientError, PipelineError):
+            ctx.video.cancel(job_id)
         raise
 
 
@@ -330,16 +338,22 @@ def with_retries(
     *,
     budget: RetryBudget,
     give_up: type[PipelineError],
+    provider: str,
     what: str,
 ) -> T:
-    """Call ``call``, retrying transient errors with back-off while ``budget`` lasts."""
+    """Call ``call``, retrying transient errors with back-off while ``budget`` lasts.
+
+    Args:
+        provider: the provider's name, for the error metric.
+        what: the call, as messages name it ("Replicate create").
+    """
     while True:
         check_cancel(ctx, record)
         started = time.monotonic()
         try:
             return call()
         except TransientError as exc:
-            provider_error(ctx, record, what.split()[0].lower(), exc)
+            provider_error(ctx, record, provider, exc)
             budget.failures += 1
             budget.spent += time.monotonic() - started
             delay = backoff_delay(ctx, budget.failures, exc.retry_after)

@@ -1,9 +1,9 @@
-"""A cap on requests in flight at Pika (``PIKA_MAX_CONCURRENCY``), shared by every worker.
+"""A cap on requests in flight at the video provider (Pika's ``PIKA_MAX_CONCURRENCY``), shared by every worker.
 
 A Redis sorted set of holders, scored by when their lease runs out, so a crashed worker's slot
 frees itself. RQ's own ``RateLimit`` is not used: it cannot join the transaction that writes a
 record and its job together, and it would cap whole jobs (captioning included) instead of the
-time a request spends at Pika.
+time a request spends at the provider.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ return 0
 """
 
 
-class PikaSlots:
-    """Slots at Pika, one per request in flight.
+class VideoSlots:
+    """Slots at the video provider, one per request in flight.
 
     Args:
         redis: the connection.
-        limit: how many requests may be in flight at once; 0 means no cap.
+        limit: how many requests may be in flight at once (the backend's ``max_concurrency``); 0 means no cap.
         lease: seconds a slot is held without being released (longer than any request's wait).
     """
 

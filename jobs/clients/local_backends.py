@@ -15,7 +15,7 @@ import imageio_ffmpeg
 from PIL import Image, ImageStat
 
 from config import Settings
-from jobs.clients.pika import VideoState
+from jobs.backends import VIDEO_TIMINGS, PredictionState, VideoState
 from jobs.errors import CaptionFailed, GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
 from jobs.media import MediaStore
@@ -91,22 +91,40 @@ class ImageSource:
 
 
 class LocalCaptioner:
-    """Captions from image properties; the offline replacement of the CLIP Interrogator."""
+    """Captions from image properties; the offline replacement of the CLIP Interrogator.
+
+    A caption takes a download and a few milliseconds, so :meth:`describe` makes it at once and the
+    pipeline saves no prediction. As a prediction, the image URL is the whole job: ``get`` makes
+    the caption.
+    """
 
     name = "local"
+    label = "Local"
 
     def __init__(self, settings: Settings, images: ImageSource) -> None:
         self.images = images
 
-    def describe_url(self, url: str) -> str:
+    def describe(self, image_url: str) -> str:
         """Download the image and describe it."""
-        return describe(self.images.load(url, CaptionFailed))
+        return describe(self.images.load(image_url, CaptionFailed))
+
+    def create(self, image_url: str) -> str:
+        """Nothing runs before the caption is read: the prediction id is the image URL."""
+        return image_url
+
+    def get(self, prediction_id: str) -> PredictionState:
+        """Describe the image whose URL is ``prediction_id``: a finished prediction."""
+        return PredictionState(status="succeeded", prompt=self.describe(prediction_id))
+
+    def cancel(self, prediction_id: str) -> None:
+        """Nothing to stop: no work runs between ``create`` and ``get``."""
 
 
 class LocalVideo:
     """Renders a zoom-and-pan MP4 of the still image into the media store."""
 
     name = "local"
+    label = "Local"
 
     def __init__(self, settings: Settings, images: ImageSource, media: MediaStore) -> None:
         self.settings = settings
@@ -115,7 +133,14 @@ class LocalVideo:
 
     def first_poll_after(self) -> float:
         """The video exists once submission returns: look at once."""
-        return 0.0
+        return VIDEO_TIMINGS[self.name].first_poll_after(self.settings)
+
+    def max_concurrency(self) -> int:
+        """No cap: each worker renders its own videos."""
+        return 0
+
+    def cancel(self, job_id: str) -> None:
+        """Nothing to stop: the video was rendered before ``submit`` returned."""
 
     def submit(self, image_url: str, prompt: str, media_name: str = "") -> str:
         """Make the video now; its job id is the media name."""

@@ -5,35 +5,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import requests
 import urllib3
 
 from config import Settings
+from jobs.backends import VIDEO_TIMINGS, VideoState
 from jobs.clients.http import make_pool, make_session, retry_after_seconds, was_sent
 from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
 
 log = logging.getLogger(__name__)
 
 FAILED_STATES = frozenset({"failed", "error"})
-
-
-@dataclass(frozen=True)
-class VideoState:
-    """What one poll of a Pika job says."""
-
-    status: str
-    url: str | None = None
-    progress: int | None = None
-    #: A title chosen by the backend; None means "derive it from the URL" (Pika's file names).
-    title: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether the video is ready at ``url``."""
-        return self.status == "finished" and bool(self.url)
 
 
 class PikaClient:
@@ -56,10 +40,18 @@ class PikaClient:
         self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
 
     name = "pika"
+    label = "Pika"
 
     def first_poll_after(self) -> float:
         """Pika videos take minutes: the first look comes after ``INITIAL_WAIT_TIME``."""
-        return self.settings.initial_wait_time
+        return VIDEO_TIMINGS[self.name].first_poll_after(self.settings)
+
+    def max_concurrency(self) -> int:
+        """``PIKA_MAX_CONCURRENCY``: the requests a Pika account may have in flight at once."""
+        return self.settings.pika_max_concurrency
+
+    def cancel(self, job_id: str) -> None:
+        """Nothing to do: the pikapikapika.io API has no way to stop a generation."""
 
     def generation_body(self, image_url: str, prompt: str) -> dict[str, Any]:
         """The ``/generate`` body for an image and prompt, with options from the settings."""

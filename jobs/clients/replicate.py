@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,34 +20,18 @@ from replicate.client import RetryTransport
 from replicate.exceptions import ReplicateError
 
 from config import Settings
+from jobs.backends import VIDEO_TIMINGS, PredictionState, VideoState
 from jobs.clients.http import retry_after_seconds
-from jobs.clients.pika import VideoState
 from jobs.errors import CaptionFailed, GenerationFailed, PipelineError, TransientError
 from jobs.titles import title_from_prompt
 
 _RESETS_IN = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
-DONE = frozenset({"succeeded", "failed", "canceled"})
 #: How known image-to-video models name their inputs: (image field, prompt field, fixed extras).
 VIDEO_INPUTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "wan-video/wan-2.2-i2v-fast": ("image", "prompt", {}),
     "kwaivgi/kling-v1.6-standard": ("start_image", "prompt", {"duration": 5}),
     "minimax/video-01": ("first_frame_image", "prompt", {}),
 }
-
-
-@dataclass(frozen=True)
-class PredictionState:
-    """What one read of a prediction says."""
-
-    status: str
-    prompt: str | None = None
-    error: str | None = None
-    output: Any = None
-
-    @property
-    def done(self) -> bool:
-        """Whether the prediction reached a terminal status."""
-        return self.status in DONE
 
 
 def environment_proxy_mounts() -> dict[str, httpx.BaseTransport | None]:
@@ -142,6 +126,7 @@ class ReplicateCaptioner:
     """The CLIP Interrogator (``CAPTION_BACKEND=replicate``): image in, prompt out."""
 
     name = "replicate"
+    label = "Replicate"
 
     def __init__(self, settings: Settings, api: ReplicateAPI) -> None:
         self.settings = settings
@@ -151,6 +136,10 @@ class ReplicateCaptioner:
     def model_input(self, image_url: str) -> dict[str, Any]:
         """The model input for an image, with the CLIP options from the settings."""
         return {"image": image_url, "clip_model_name": self.settings.clip_model_name, "mode": self.settings.clip_mode}
+
+    def describe(self, image_url: str) -> str | None:
+        """None: the CLIP Interrogator takes seconds to minutes, so it runs as a prediction."""
+        return None
 
     def create(self, image_url: str) -> str:
         """Create a caption prediction and return its id."""
@@ -173,8 +162,9 @@ class ReplicateVideo:
     """
 
     name = "replicate"
+    label = "Replicate"
 
-    def __init__(self, settings: Settings, api: ReplicateAPI, keep: Any) -> None:
+    def __init__(self, settings: Settings, api: ReplicateAPI, keep: Callable[[str, str], str]) -> None:
         self.settings = settings
         self.api = api
         self.keep = keep  # (output URL, media name) -> our URL
@@ -184,7 +174,11 @@ class ReplicateVideo:
 
     def first_poll_after(self) -> float:
         """Replicate's video models take a minute or two; poll from the start."""
-        return self.settings.poll_interval
+        return VIDEO_TIMINGS[self.name].first_poll_after(self.settings)
+
+    def max_concurrency(self) -> int:
+        """No cap: ``PIKA_MAX_CONCURRENCY`` is Pika's, and Replicate queues predictions itself."""
+        return 0
 
     def model_input(self, image_url: str, prompt: str) -> dict[str, Any]:
         """The model's input, by the model's own field names."""
