@@ -6,36 +6,14 @@ import math
 import time
 
 from config import Settings
+from jobs.backends import caption_seconds, video_timing
 from jobs.states import Status
 from jobs.store import Record
-
-#: What a CLIP Interrogator caption usually takes in ``best`` mode.
-TYPICAL_CAPTION_SECONDS = 20.0
-
-
-#: What the offline backends take for one request (describe, render a few seconds of video).
-TYPICAL_LOCAL_SECONDS = 5.0
-#: What an image-to-video model on Replicate usually takes.
-TYPICAL_REPLICATE_VIDEO_SECONDS = 90.0
-
-
-def caption_seconds(settings: Settings) -> float:
-    """What captioning usually takes with the configured backend."""
-    return 1.0 if settings.caption_backend == "local" else TYPICAL_CAPTION_SECONDS
-
-
-def first_poll_after(settings: Settings) -> float:
-    """When the configured video backend first looks at a submission (as the pipeline does)."""
-    return {"pika": settings.initial_wait_time, "replicate": settings.poll_interval}.get(settings.video_backend, 0.0)
 
 
 def typical_run(settings: Settings) -> float:
     """Seconds one request usually holds a worker with the configured backends."""
-    if settings.video_backend == "local":
-        return caption_seconds(settings) + TYPICAL_LOCAL_SECONDS
-    if settings.video_backend == "replicate":
-        return caption_seconds(settings) + TYPICAL_REPLICATE_VIDEO_SECONDS
-    return caption_seconds(settings) + settings.initial_wait_time + settings.poll_interval
+    return caption_seconds(settings) + video_timing(settings).typical_seconds(settings)
 
 
 def latest_run(settings: Settings) -> float:
@@ -60,7 +38,8 @@ def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tu
         wait = (ahead // max(workers, 1)) * typical_run(settings)
         return math.ceil(wait + typical_run(settings)), math.ceil(wait + latest_run(settings))
     if record.submitted_at:
-        first_poll = record.submitted_at + first_poll_after(settings)
+        # The backend's first look, as the pipeline makes it.
+        first_poll = record.submitted_at + video_timing(settings).first_poll_after(settings)
         expected = max(first_poll - now, 0.0) + settings.poll_interval
         latest = record.submitted_at + settings.generation_deadline - now
     else:

@@ -93,6 +93,7 @@ def test_the_web_loads_names_and_states_without_worker_code() -> None:
     assert {"jobs.identity", "jobs.states", "jobs.store"} <= loaded
     assert loaded <= {
         "jobs",
+        "jobs.backends",
         "jobs.identity",
         "jobs.states",
         "jobs.store",
