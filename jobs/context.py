@@ -109,11 +109,12 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
             raise GenerationFailed(f"could not keep the provider's video: {exc}") from None
         return media.url(name)
 
-    captioner: Captioner = (
-        ReplicateCaptioner(settings, api)
-        if settings.caption_backend == "replicate"
-        else LocalCaptioner(settings, images)
-    )
+    # The one place that maps CAPTION_BACKEND and VIDEO_BACKEND to implementations: past here,
+    # the pipeline knows the backends only through their protocols.
+    captioner: Captioner = {
+        "replicate": lambda: ReplicateCaptioner(settings, api),
+        "local": lambda: LocalCaptioner(settings, images),
+    }[settings.caption_backend]()
     video: VideoBackend = {
         "pika": lambda: PikaClient(settings),
         "replicate": lambda: ReplicateVideo(settings, api, keep),
