@@ -88,7 +88,8 @@ class MaskingLogger(Logger):
 
     def setup(self, cfg: object) -> None:
         """Set up gunicorn's handlers, then give them our formatter and the secret filter."""
-        from config import ConfigError, SecretFilter, known_secrets, load_settings, log_formatter
+        from config import ConfigError, known_secrets, load_settings
+        from logs import SecretFilter, log_formatter
 
         try:
             settings = load_settings()

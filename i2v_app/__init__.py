@@ -9,10 +9,11 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 
-from config import ConfigError, Settings, configure_logging, load_settings
+from config import ConfigError, Settings, load_settings
 from i2v_app import auth, dashboard, limits, metrics
 from i2v_app.errors import ProblemApi, register_error_handlers
 from jobs.store import RequestStore
+from logs import configure_logging
 
 __version__ = "1.0.0"
 

@@ -33,7 +33,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from config import ConfigError, configure_logging, load_settings
+from config import ConfigError, load_settings
 from jobs import shutdown
 from jobs.context import Context, build_context
 from jobs.delivery import claim_ttl
@@ -42,6 +42,7 @@ from jobs.pipeline import fail
 from jobs.scheduling import MOVE_INTERVAL, start_movers
 from jobs.store import Record, enqueue_delivery, enqueue_pipeline
 from jobs.worker import PipelineWorker, main_thread_signals
+from logs import configure_logging
 
 log = logging.getLogger(__name__)
 

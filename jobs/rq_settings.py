@@ -4,7 +4,8 @@ The pool's parent process reads this before it starts any worker, so a bad setti
 provider token stops the whole process at start with a message naming the variables.
 """
 
-from config import ConfigError, configure_logging, load_settings
+from config import ConfigError, load_settings
+from logs import configure_logging
 
 try:
     _settings = load_settings()

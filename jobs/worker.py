@@ -25,10 +25,11 @@ from rq.queue import Queue as RQQueue
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from config import ConfigError, configure_logging, known_secrets, load_settings, mask
+from config import ConfigError, known_secrets, load_settings, mask
 from jobs import shutdown
 from jobs.context import resilient_redis, share_connection
 from jobs.scheduling import STAND_IN_INTERVAL, start_movers
+from logs import configure_logging
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 log = logging.getLogger(__name__)
