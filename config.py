@@ -4,8 +4,9 @@ Each setting is one field of :class:`Settings`, declared with :func:`setting`: i
 default, what it accepts (bounds, choices), one line of doc, and whether it is a secret. Reading
 and validation (through environs), ``.env.example`` and the reference in
 ``docs/configuration.md`` all come from those declarations; ``python -m config --write`` rewrites
-the two files. A bad value stops a process at start with a message that names the variable.
-Secrets are kept out of ``repr`` so that a logged or printed ``Settings`` never shows a token.
+the two files. Every process loads its settings once, through :func:`load_or_exit`; a bad value
+stops it at start with a message that names the variable. Secrets are kept out of ``repr`` so that
+a logged or printed ``Settings`` never shows a token.
 """
 
 from __future__ import annotations
@@ -900,6 +901,35 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             load_dotenv(find_dotenv(usecwd=True), override=False)
         env = os.environ
     return settings_from(env)
+
+
+#: The settings this process loaded (see load_or_exit); a forked child inherits them.
+_process_settings: Settings | None = None
+
+
+def load_or_exit(process: str, *, provider_tokens: bool = False) -> Settings:
+    """The settings of this process: loaded from the environment (and `.env`) on first use, then kept.
+
+    Every process (web, worker, janitor, the Flask CLI) starts with this, so a process loads its
+    settings once however many of its parts ask for them.
+
+    Args:
+        process: the process's name in messages (``web``, ``worker``, ``janitor``).
+        provider_tokens: also require the tokens the configured backends need (a worker at start).
+
+    Raises:
+        SystemExit: a setting is invalid, or a required token is missing; the message names the
+            process and the variable, e.g. ``i2v web: MAX_CHECK_TIME must be a number, got 'soon'``.
+    """
+    global _process_settings
+    if _process_settings is None:
+        try:
+            _process_settings = load_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"i2v {process}: {exc}") from None
+    if provider_tokens and (missing := _process_settings.missing_worker_tokens()):
+        raise SystemExit(f"i2v {process}: refusing to start, missing {', '.join(missing)}")
+    return _process_settings
 
 
 def known_secrets(settings: Settings) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 from rq import Queue
 
-from config import Settings, load_settings
+from config import Settings, load_or_exit
 from jobs.clients.game import GameClient
 from jobs.clients.local_backends import ImageSource, LocalCaptioner, LocalVideo
 from jobs.clients.pika import PikaClient
@@ -138,4 +138,4 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
 @functools.cache
 def get_context() -> Context:
     """The process's context, from the environment (and `.env`)."""
-    return build_context(load_settings(), _worker_redis)
+    return build_context(load_or_exit("worker"), _worker_redis)

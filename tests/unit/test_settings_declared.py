@@ -1,17 +1,19 @@
-"""Settings declared once: the generated files follow the declarations, which the loading obeys."""
+"""Settings declared once: the generated files follow the declarations, and every process loads them once."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from dotenv import dotenv_values
 
 import config
-from config import WRITE_COMMAND, Settings, all_variables, settings_from, settings_variables
-from tests.helpers import ROOT
+from config import WRITE_COMMAND, Settings, all_variables, load_or_exit, settings_from, settings_variables
+from tests.helpers import ROOT, python_env
 
 
 def test_the_reference_and_env_example_are_made_from_the_declarations() -> None:
@@ -66,3 +68,78 @@ def test_every_secret_stays_out_of_repr_and_is_masked() -> None:
         for part in value if isinstance(value, tuple) else (value,):
             assert part not in text, variable.name
             assert part in secrets, variable.name
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """This test process as if it had loaded no settings yet, with no `.env`."""
+    monkeypatch.setattr(config, "_process_settings", None)
+    monkeypatch.setenv("I2V_DOTENV", "0")
+    return monkeypatch
+
+
+def test_load_or_exit_names_the_process_the_variable_and_the_value(fresh_process: pytest.MonkeyPatch) -> None:
+    fresh_process.setenv("MAX_CHECK_TIME", "soon")
+    with pytest.raises(SystemExit) as caught:
+        load_or_exit("web")
+    assert str(caught.value) == "i2v web: MAX_CHECK_TIME must be a number, got 'soon'"
+
+
+def test_load_or_exit_loads_once_per_process(fresh_process: pytest.MonkeyPatch) -> None:
+    fresh_process.setenv("MAX_CHECK_TIME", "600")
+    first = load_or_exit("worker")
+    fresh_process.setenv("MAX_CHECK_TIME", "soon")
+    assert load_or_exit("worker") is first
+    assert first.max_check_time == 600
+
+
+def test_a_worker_needs_its_provider_tokens(fresh_process: pytest.MonkeyPatch) -> None:
+    for name in (
+        "REPLICATE_API_TOKEN",
+        "PIKAPI_BEARER_TOKEN",
+        "GAME_API_KEY",
+        "I2V_ENV",
+        "CAPTION_BACKEND",
+        "VIDEO_BACKEND",
+    ):
+        fresh_process.delenv(name, raising=False)
+    assert load_or_exit("janitor").video_backend == "pika"  # only a worker needs the tokens
+    with pytest.raises(SystemExit) as caught:
+        load_or_exit("worker", provider_tokens=True)
+    assert str(caught.value) == (
+        "i2v worker: refusing to start, missing REPLICATE_API_TOKEN, PIKAPI_BEARER_TOKEN, GAME_API_KEY"
+    )
+
+
+LOADS_IN_A_WORKER = """
+import config
+
+loads = []
+load_settings = config.load_settings
+config.load_settings = lambda *args, **kwargs: loads.append(1) or load_settings(*args, **kwargs)
+
+import jobs.rq_settings  # what `rq worker-pool --config jobs.rq_settings` imports first
+from jobs.context import get_context
+from jobs.worker import PipelineWorker
+
+PipelineWorker(["i2v"])  # what each worker of the pool makes
+get_context()  # what each job asks for
+print(len(loads))
+"""
+
+
+def test_a_worker_process_loads_its_settings_once(redis_url: str) -> None:
+    env = python_env(
+        {
+            "I2V_DOTENV": "0",
+            "I2V_ENV": "development",
+            "CAPTION_BACKEND": "local",
+            "VIDEO_BACKEND": "local",
+            "REDIS_URL": redis_url,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADS_IN_A_WORKER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
