@@ -710,7 +710,7 @@ OTHER_VARIABLES = (
         "point it only at a directory of its own.",
     ),
     Variable(
-        "I2V_DOTENV", True, FLAG, section=PROCESSES,
+        "I2V_DOTENV", "1", choice("1", "0"), section=PROCESSES,
         doc="`0` makes `launch.py` and the service processes skip `.env` (the tests use it). Set it in the "
         "environment, not in `.env`.",
     ),
