@@ -47,15 +47,15 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 def _settings(server: object) -> Settings | None:
     """The settings the preloaded app runs with, or freshly loaded ones (another app, a bad value)."""
     # Imported here, not at the top: PROMETHEUS_MULTIPROC_DIR must be set before the app's modules load.
-    from config import ConfigError, load_settings
+    from config import load_or_exit
 
     # The preloaded app, never loaded here: without preloading the master must not import the app.
     app = getattr(server.app, "callable", None)
     with contextlib.suppress(AttributeError, KeyError):
         return app.extensions["i2v"]["settings"]
     try:
-        return load_settings()
-    except ConfigError:
+        return load_or_exit("web")
+    except SystemExit:
         return None
 
 
@@ -88,11 +88,12 @@ class MaskingLogger(Logger):
 
     def setup(self, cfg: object) -> None:
         """Set up gunicorn's handlers, then give them our formatter and the secret filter."""
-        from config import ConfigError, SecretFilter, known_secrets, load_settings, log_formatter
+        from config import known_secrets, load_or_exit
+        from logs import SecretFilter, log_formatter
 
         try:
-            settings = load_settings()
-        except ConfigError:
+            settings = load_or_exit("web")  # kept: the preloaded app gets the same settings
+        except SystemExit:
             super().setup(cfg)
             return  # the app stops at start with a message that is masked already
         if settings.log_format == "text":

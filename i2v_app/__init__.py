@@ -9,10 +9,11 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 
-from config import ConfigError, Settings, configure_logging, load_settings
+from config import Settings, load_or_exit
 from i2v_app import auth, dashboard, limits, metrics
 from i2v_app.errors import ProblemApi, register_error_handlers
 from jobs.store import RequestStore
+from logs import configure_logging
 
 __version__ = "1.0.0"
 
@@ -29,10 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         SystemExit: a setting is invalid (the message names the variable).
     """
     if settings is None:
-        try:
-            settings = load_settings()
-        except ConfigError as exc:
-            raise SystemExit(f"i2v web: {exc}") from None
+        settings = load_or_exit("web")
     refuse_public_flask_run(settings)
     configure_logging(settings)
 

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 from rq import Queue
 
-from config import Settings, load_settings
+from config import Settings, load_or_exit
 from jobs.backends import Captioner, VideoBackend
 from jobs.clients.game import GameClient
 from jobs.clients.local_backends import ImageSource, LocalCaptioner, LocalVideo
@@ -136,4 +136,4 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
 @functools.cache
 def get_context() -> Context:
     """The process's context, from the environment (and `.env`)."""
-    return build_context(load_settings(), _worker_redis)
+    return build_context(load_or_exit("worker"), _worker_redis)

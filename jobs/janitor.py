@@ -33,7 +33,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from config import ConfigError, configure_logging, load_settings
+from config import load_or_exit
 from jobs import shutdown
 from jobs.context import Context, build_context
 from jobs.delivery import claim_ttl
@@ -42,6 +42,7 @@ from jobs.pipeline import fail
 from jobs.scheduling import MOVE_INTERVAL, start_movers
 from jobs.store import Record, enqueue_delivery, enqueue_pipeline
 from jobs.worker import PipelineWorker, main_thread_signals
+from logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,7 @@ class Janitor:
 
 def main() -> int:
     """Run sweeps until SIGTERM or SIGINT; Redis outages are logged and waited out."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"i2v janitor: {exc}", file=sys.stderr)
-        return 1
+    settings = load_or_exit("janitor")
     configure_logging(settings)
     ctx = build_context(settings)
     stop = threading.Event()

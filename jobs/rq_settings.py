@@ -4,14 +4,11 @@ The pool's parent process reads this before it starts any worker, so a bad setti
 provider token stops the whole process at start with a message naming the variables.
 """
 
-from config import ConfigError, configure_logging, load_settings
+from config import load_or_exit
+from logs import configure_logging
 
-try:
-    _settings = load_settings()
-except ConfigError as exc:
-    raise SystemExit(f"i2v worker: {exc}") from None
-if missing := _settings.missing_worker_tokens():
-    raise SystemExit(f"i2v worker: refusing to start, missing {', '.join(missing)}")
+# The workers the pool forks inherit these settings: the worker process loads them only here.
+_settings = load_or_exit("worker", provider_tokens=True)
 
 # Before RQ sets up its own log handlers: finding ours, it logs through them (JSON lines) too.
 configure_logging(_settings)

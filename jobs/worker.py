@@ -25,10 +25,11 @@ from rq.queue import Queue as RQQueue
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from config import ConfigError, configure_logging, known_secrets, load_settings, mask
+from config import known_secrets, load_or_exit, mask
 from jobs import shutdown
 from jobs.context import resilient_redis, share_connection
 from jobs.scheduling import STAND_IN_INTERVAL, start_movers
+from logs import configure_logging
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 log = logging.getLogger(__name__)
@@ -61,13 +62,7 @@ class PipelineWorker(SimpleWorker):
     HEARTBEAT_GRACE = 15
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            settings = load_settings()
-        except ConfigError as exc:
-            raise SystemExit(f"i2v worker: {exc}") from None
-        missing = settings.missing_worker_tokens()
-        if missing:
-            raise SystemExit(f"i2v worker: refusing to start, missing {', '.join(missing)}")
+        settings = load_or_exit("worker", provider_tokens=True)
         configure_logging(settings)
         # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis).
         connection = resilient_redis(settings.redis_url)

@@ -12,12 +12,12 @@ import pytest
 from config import (
     DEFAULT_REPLICATE_MODEL_ID,
     ConfigError,
-    JsonLogFormatter,
     Settings,
     known_secrets,
     mask_url,
     settings_from,
 )
+from logs import JsonLogFormatter
 from tests.helpers import ROOT, python_env
 
 

@@ -11,15 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from config import (
-    ConfigError,
-    JsonLogFormatter,
-    TextLogFormatter,
-    configure_logging,
-    known_secrets,
-    settings_from,
-)
+from config import ConfigError, known_secrets, settings_from
 from launch import choose_log_format
+from logs import JsonLogFormatter, TextLogFormatter, configure_logging
 from tests.helpers import ROOT, python_env
 
 SECRETS_ENV = {
