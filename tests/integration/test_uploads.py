@@ -17,12 +17,15 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
+from redis import Redis
+from schemathesis import GenerationMode
 
 from config import settings_from
 from i2v_app import create_app
 from jobs.media import UPLOAD_DIR
 from launch import free_port
 from tests.helpers import wait_for
+from tests.integration.test_fuzz import CHECKS, INVALID, VALID, fuzz, load
 
 BASE = "http://127.0.0.1:9"  # nothing listens there: an upload is never read back over HTTP
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -302,6 +305,16 @@ def test_the_spec_documents_uploads(client: FlaskClient) -> None:
     assert "201" in operation["responses"]
     assert "multipart/form-data" in operation["requestBody"]["content"]
     assert set(spec["components"]["schemas"]["UploadReply"]["properties"]) == {"url", "expires_at"}
+
+
+@pytest.mark.parametrize("mode", [VALID, INVALID], ids=["valid", "invalid"])
+def test_uploads_fuzzed_against_the_spec_get_no_5xx(
+    service_env: dict[str, str], tmp_path: Path, redis: Redis, mode: GenerationMode
+) -> None:
+    """Generated bodies reach the decoding (local backends, so uploads are on): 4xx at worst, as documented."""
+    app = create_app(settings_from(local_env(service_env, tmp_path)))
+    seen = fuzz(load(app, "/api/v1/uploads")["/api/v1/uploads"]["POST"], mode, redis, CHECKS)
+    assert seen and all(code < 500 for code in seen)
 
 
 # -- a slow client against the real web process -------------------------------------------------
