@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from redis import Redis
 from schemathesis import GenerationMode
 
@@ -154,6 +154,17 @@ def test_gps_and_camera_metadata_are_stripped(client: FlaskClient, fmt: str) -> 
     assert not image.getexif()
     assert b"PhoneModel" not in stored
     assert b"Exif" not in stored
+
+
+def test_a_colour_profile_and_text_chunks_are_dropped(client: FlaskClient) -> None:
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "taken at 12 Secret Lane")
+    original = picture("PNG", icc_profile=b"not-a-real-profile-but-kept-as-is", pnginfo=text)
+    assert "icc_profile" in Image.open(io.BytesIO(original)).info
+    resp = upload(client, original)
+    stored = served(client, resp.get_json()["url"]).get_data()
+    assert "icc_profile" not in Image.open(io.BytesIO(stored)).info
+    assert b"Secret Lane" not in stored
 
 
 def test_the_exif_orientation_is_applied_before_it_is_dropped(client: FlaskClient) -> None:
