@@ -23,6 +23,7 @@ from flask import Blueprint as FlaskBlueprint
 from flask import Response, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import parse_form_data
 
 from i2v_app import services
@@ -106,6 +107,8 @@ def read_body(limit: int, seconds: float) -> bytes:
             chunks.append(chunk)
     except (TooSlow, TooLarge):
         raise
+    except RequestEntityTooLarge:
+        raise TooLarge from None  # werkzeug's own count of a chunked body: answered in the same words
     except Exception:
         if expired.is_set():
             raise TooSlow from None  # the server's reader saw the shut socket as a lost client

@@ -368,6 +368,34 @@ def test_a_slow_client_gets_408_within_the_read_deadline(
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
 
 
+def test_a_chunked_upload_is_read_up_to_its_cap_by_the_real_web_process(
+    service_env: dict[str, str], tmp_path: Path, start_process
+) -> None:
+    """Without a Content-Length the cap still holds: what is sent is counted as it arrives."""
+    port = free_port()
+    env = local_env(service_env, tmp_path, UPLOAD_MAX_BYTES="100000")
+    start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
+    wait_for(lambda: _up(port), timeout=30, what="the web process")
+    url = f"http://127.0.0.1:{port}/api/v1/uploads"
+
+    def chunks(data: bytes):
+        for start in range(0, len(data), 8192):
+            yield data[start : start + 8192]
+
+    fits = requests.post(
+        url,
+        data=chunks(picture("PNG", size=(150, 150), compress_level=0)),
+        timeout=10,
+        headers={"Content-Type": "image/png"},
+    )
+    assert fits.status_code == 201, fits.text
+    assert fits.request.headers.get("Transfer-Encoding") == "chunked"
+    too_big = requests.post(url, data=chunks(noise((300, 300))), timeout=10, headers={"Content-Type": "image/png"})
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.headers["Content-Type"] == "application/problem+json"
+    assert "UPLOAD_MAX_BYTES" in too_big.json()["detail"]
+
+
 def _up(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
