@@ -261,6 +261,21 @@ def test_each_key_has_a_byte_quota(service_env: dict[str, str], tmp_path: Path) 
     assert upload(client, one, **b).status_code == 201  # another key's quota is its own
 
 
+def test_an_expired_upload_gives_its_bytes_back(service_env: dict[str, str], tmp_path: Path, redis: Redis) -> None:
+    """A key uploading every day is held to what it holds now, not to everything it ever uploaded."""
+    client = make_client(local_env(service_env, tmp_path, UPLOAD_QUOTA_BYTES="4000"))
+    first = upload(client, noise((30, 30)))
+    assert first.status_code == 201
+    assert upload(client, noise((30, 30))).status_code == 413
+    held = "i2v:uploads:"  # no authentication: the owner is ""
+    [member] = redis.zrange(held, 0, -1)
+    redis.zadd(held, {member: time.time() - 1})  # the first upload's UPLOAD_TTL has passed
+    assert upload(client, noise((30, 30))).status_code == 201
+    [remaining] = redis.zrange(held, 0, -1)
+    assert remaining != member
+    assert int(redis.get("i2v:upload-bytes:")) == int(remaining.decode().rsplit(":", 1)[1])
+
+
 def test_uploads_count_against_the_rate_limit(service_env: dict[str, str], tmp_path: Path) -> None:
     client = make_client(local_env(service_env, tmp_path, RATE_LIMIT="2/minute"))
     assert upload(client, picture()).status_code == 201
