@@ -400,6 +400,23 @@ class Settings:
         "IMAGE_MAX_BYTES", 20 * 1024 * 1024, whole(1024), section=MEDIA, note="20 MiB",
         doc="Largest image the local backends download.",
     )
+    upload_max_bytes: int = setting(
+        "UPLOAD_MAX_BYTES", 20 * 1024 * 1024, whole(1024, 1024 * 1024 * 1024), section=MEDIA, note="20 MiB",
+        doc="Largest image `POST /api/v1/uploads` takes (multipart framing may add 64 KiB). `MAX_BODY_BYTES` still "
+        "caps every other route.",
+    )
+    upload_ttl: int = setting(
+        "UPLOAD_TTL", 24 * 3600, whole(60), section=MEDIA, note="24 hours",
+        doc="Seconds an uploaded image is kept and served.",
+    )
+    upload_quota_bytes: int = setting(
+        "UPLOAD_QUOTA_BYTES", 200 * 1024 * 1024, whole(1024), section=MEDIA, note="200 MiB",
+        doc="Bytes of uploads one API key may hold; an upload over it gets 413. Each upload counts until it expires.",
+    )
+    upload_read_deadline: float = setting(
+        "UPLOAD_READ_DEADLINE", 20.0, number(1, 600), section=MEDIA,
+        doc="Seconds an upload's body may take to arrive; slower gets 408. Keep it under gunicorn's 25 s timeout.",
+    )
     local_video_seconds: float = setting(
         "LOCAL_VIDEO_SECONDS", 4.0, number(0.5, 30), section=MEDIA, doc="Length of a local video.",
     )

@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
+from jobs.media import MediaStore, upload_name, upload_reach_problem
 from jobs.states import CallbackStatus, Stage, Status
 from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
 
@@ -44,11 +45,37 @@ def _settings_tuple(name: str) -> tuple[str, ...]:
 
 
 def validate_image_url(value: str) -> None:
-    """Public http(s) URLs only (hosts in ``IMAGE_HOST_ALLOWLIST`` excepted)."""
+    """Public http(s) URLs only (hosts in ``IMAGE_HOST_ALLOWLIST`` excepted), or this service's own uploads.
+
+    An upload's URL is taken whatever its host (the worker reads it from the media store), as long
+    as the upload is still stored and every provider that has to fetch it can.
+    """
+    problem = upload_url_problem(value)
+    if problem is not None:
+        if problem:
+            raise ValidationError(problem)
+        return
     try:
         check_image_url(value, _settings_tuple("image_host_allowlist"))
     except UnsafeURL as exc:
         raise ValidationError(str(exc)) from None
+
+
+def upload_url_problem(url: str) -> str | None:
+    """For one of this service's upload URLs, why it cannot be used ("" if it can); None for other URLs."""
+    if not has_app_context():
+        return None
+    extensions = current_app.extensions["i2v"]
+    settings = extensions["settings"]
+    name = upload_name(url, settings.public_base_url)
+    if name is None:
+        return None
+    reason = upload_reach_problem(settings)
+    if reason:
+        return reason
+    if not MediaStore(settings, extensions["redis"]).upload_exists(name):
+        return "this upload has expired (UPLOAD_TTL) or never existed; upload the image again"
+    return ""
 
 
 def validate_callback_url(value: str) -> None:
@@ -127,6 +154,14 @@ class ErrorInfoSchema(Schema):
     message = fields.String(required=True)
 
 
+class CallbackAttemptSchema(Schema):
+    """One attempt to deliver a request's callback."""
+
+    at = fields.String(required=True, metadata={"format": "date-time", "description": "When it was sent"})
+    status_code = fields.Integer(allow_none=True, metadata={"description": "The receiver's answer; null if none came"})
+    error = fields.String(allow_none=True, metadata={"description": "Why no answer came (a timeout, no connection)"})
+
+
 class CallbackInfoSchema(Schema):
     """The state of a request's callback delivery."""
 
@@ -134,6 +169,11 @@ class CallbackInfoSchema(Schema):
     attempts = fields.Integer(required=True)
     last_status_code = fields.Integer(allow_none=True)
     next_attempt_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    history = fields.List(
+        fields.Nested(CallbackAttemptSchema),
+        required=True,
+        metadata={"description": "The attempts, oldest first: the last 20 (a redelivery adds to them)"},
+    )
 
 
 class RequestStatusSchema(Schema):
@@ -153,6 +193,43 @@ class RequestStatusSchema(Schema):
     updated_at = fields.String(required=True, metadata={"format": "date-time"})
     stages = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     eta_seconds = fields.Integer(allow_none=True)
+
+
+class ListQuerySchema(Schema):
+    """The query of the request list."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(
+        load_default=None,
+        validate=validate.OneOf([s.value for s in Status]),
+        metadata={"description": "Only requests with this status."},
+    )
+    limit = fields.Integer(
+        load_default=20, validate=validate.Range(1, 100), metadata={"description": "Requests per page, 1-100."}
+    )
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 256),
+        metadata={"description": "The next_cursor of the previous page, as it came."},
+    )
+
+
+class RequestListSchema(Schema):
+    """One page of the caller's requests, newest first."""
+
+    requests = fields.List(fields.Nested(RequestStatusSchema), required=True)
+    next_cursor = fields.String(
+        required=True, allow_none=True, metadata={"description": "Pass as cursor for the next page; null at the end."}
+    )
+
+
+class UploadReplySchema(Schema):
+    """Where an uploaded image is served, and until when."""
+
+    url = fields.String(required=True, metadata={"description": "Use as image_id; served to anyone who has it."})
+    expires_at = fields.String(required=True, metadata={"format": "date-time"})
 
 
 class ServiceInfoSchema(Schema):
