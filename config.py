@@ -190,8 +190,14 @@ def _either(items: Iterable[str]) -> str:
     return f"{', '.join(rest)} or {last}" if rest else last
 
 
+def _number_text(value: float) -> str:
+    """``1073741824`` rather than ``1.07374e+09``; ``0.5`` rather than ``0.500000``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _bounds(minimum: float, maximum: float | None) -> str:
-    return f"{minimum:g} to {maximum:g}" if maximum is not None else f"≥ {minimum:g}"
+    low = _number_text(minimum)
+    return f"{low} to {_number_text(maximum)}" if maximum is not None else f"≥ {low}"
 
 
 def number(minimum: float, maximum: float | None = None) -> Kind:
