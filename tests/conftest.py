@@ -19,7 +19,7 @@ from redis import Redis
 from config import Settings, settings_from
 from i2v_app import create_app
 from launch import find_redis_server, start_redis
-from tests.fakes import FakeGame, FakePika, FakeReplicate
+from tests.fakes import FakeGame, FakePika, FakeReplicate, Fakes
 from tests.fakes.files import FileServer
 from tests.helpers import FAST_TIMINGS, OwnRedis, ServiceProcess, python_env
 
@@ -106,30 +106,29 @@ def fake_game() -> Iterator[FakeGame]:
 
 
 @pytest.fixture
-def fakes(fake_replicate: FakeReplicate, fake_pika: FakePika, fake_game: FakeGame):
+def fakes(fake_replicate: FakeReplicate, fake_pika: FakePika, fake_game: FakeGame) -> Iterator[Fakes]:
     """All three fakes, reset to good behaviour for this test."""
     for fake in (fake_replicate, fake_pika, fake_game):
         fake.reset()
     fake_replicate.duration = 0.05
     fake_pika.duration = 0.3
-    yield fake_replicate, fake_pika, fake_game
+    yield Fakes(fake_replicate, fake_pika, fake_game)
     for fake in (fake_replicate, fake_pika, fake_game):
         assert not fake.errors, f"{type(fake).__name__} raised: {fake.errors}"
 
 
 @pytest.fixture
-def service_env(redis: Redis, redis_url: str, fakes) -> dict[str, str]:
+def service_env(redis: Redis, redis_url: str, fakes: Fakes) -> dict[str, str]:
     """Variables that point the service at the test Redis and the fakes, with short timings."""
-    fake_replicate, fake_pika, fake_game = fakes
     return {
         "REDIS_URL": redis_url,
         "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
-        "REPLICATE_BASE_URL": fake_replicate.url,
+        "REPLICATE_BASE_URL": fakes.replicate.url,
         "PIKAPI_BEARER_TOKEN": PIKA_TOKEN,
-        "PIKAPI_BASE_URL": fake_pika.base_url,
+        "PIKAPI_BASE_URL": fakes.pika.base_url,
         "GAME_API_KEY": GAME_KEY,
         "MEDIA_NAME_SECRET": MEDIA_SECRET,
-        "CALLBACK_API_URL": f"{fake_game.url}/requests",
+        "CALLBACK_API_URL": f"{fakes.game.url}/requests",
         # Authentication has tests of its own; the other tests exercise everything else.
         "I2V_AUTH_DISABLED": "1",
         # The fake image URLs live on a documentation domain; the default rules apply to it.

@@ -137,7 +137,6 @@ def test_happy_path_through_gunicorn_and_rq_worker(
     web: Web, start_process: StartProcess, fakes, service_env: dict[str, str]
 ) -> None:
     """A request sent to gunicorn is run by an rq worker and ends in one COMPLETED callback with the video."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker")
 
     resp = web.submit("e2e-happy", ESCAPED)
@@ -152,36 +151,34 @@ def test_happy_path_through_gunicorn_and_rq_worker(
     record = web.settled("e2e-happy")
     time.sleep(DUPLICATE_GRACE)
     job_id = record["provider"]["job_id"]
-    assert only_callback(fake_game, "e2e-happy") == completed_callback(video_url(fake_pika, job_id))
-    assert fake_game.callbacks_for("e2e-happy")[0].headers["x-api-key"] == service_env["GAME_API_KEY"]
-    assert [c["image"] for c in fake_replicate.creates] == [PLAIN]
-    assert [g["image"] for g in fake_pika.generates] == [PLAIN]
+    assert only_callback(fakes.game, "e2e-happy") == completed_callback(video_url(fakes.pika, job_id))
+    assert fakes.game.callbacks_for("e2e-happy")[0].headers["x-api-key"] == service_env["GAME_API_KEY"]
+    assert [c["image"] for c in fakes.replicate.creates] == [PLAIN]
+    assert [g["image"] for g in fakes.pika.generates] == [PLAIN]
     assert record["status"] == "completed"
     assert record["callback"]["status"] == "delivered"
-    assert record["video_url"] == video_url(fake_pika, job_id)
+    assert record["video_url"] == video_url(fakes.pika, job_id)
 
 
 def test_web_accepts_requests_while_no_worker_runs(web: Web, start_process: StartProcess, fakes) -> None:
     """Without a worker the web process still answers 202 and keeps the request queued until one starts."""
-    fake_replicate, fake_pika, fake_game = fakes
     resp = web.submit("e2e-later")
     assert resp.status_code == 202, resp.text
     assert web.record("e2e-later")["status"] == "queued"
     time.sleep(1)
     assert web.record("e2e-later")["status"] == "queued"
-    assert fake_replicate.creates == [] and fake_pika.generates == [] and fake_game.callbacks == []
+    assert fakes.replicate.creates == [] and fakes.pika.generates == [] and fakes.game.callbacks == []
 
     start_process("worker")
     record = web.settled("e2e-later")
     time.sleep(DUPLICATE_GRACE)
     assert record["status"] == "completed"
-    assert only_callback(fake_game, "e2e-later")["data"]["status"] == "COMPLETED"
-    assert len(fake_pika.generates) == 1
+    assert only_callback(fakes.game, "e2e-later")["data"]["status"] == "COMPLETED"
+    assert len(fakes.pika.generates) == 1
 
 
 def test_many_requests_on_two_workers_each_call_back_once(web: Web, start_process: StartProcess, fakes) -> None:
     """Ten requests at once on two workers (and the janitor): each runs once and gets exactly one callback."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker")
     start_process("worker")
     start_process("scheduler")
@@ -195,10 +192,10 @@ def test_many_requests_on_two_workers_each_call_back_once(web: Web, start_proces
     time.sleep(DUPLICATE_GRACE)
     for request_id, record in records.items():
         assert record["status"] == "completed", record
-        assert only_callback(fake_game, request_id)["data"]["status"] == "COMPLETED"
-    assert len(fake_game.callbacks) == len(images)
-    assert sorted(g["image"] for g in fake_pika.generates) == sorted(images.values())
-    assert sorted(c["image"] for c in fake_replicate.creates) == sorted(images.values())
+        assert only_callback(fakes.game, request_id)["data"]["status"] == "COMPLETED"
+    assert len(fakes.game.callbacks) == len(images)
+    assert sorted(g["image"] for g in fakes.pika.generates) == sorted(images.values())
+    assert sorted(c["image"] for c in fakes.replicate.creates) == sorted(images.values())
 
 
 def test_worker_without_provider_tokens_refuses_to_start(start_process: StartProcess) -> None:
@@ -246,8 +243,7 @@ def test_bad_setting_stops_the_process_at_start(
 )
 def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: Path, fakes, sig: int) -> None:
     """A worker stopped mid-generation (SIGKILL or SIGTERM) is replaced and the request ends once, paid once."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_pika.duration = 4
+    fakes.pika.duration = 4
     web = start_web(start_process, tmp_path, **SLOW_TIMINGS).wait_ready()
     start_process("scheduler", **SLOW_TIMINGS)
     first = start_process("worker", **SLOW_TIMINGS)
@@ -261,7 +257,7 @@ def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: 
     job_id = wait_for(submitted, timeout=10, interval=0.1, what="the Pika job id in the record")["provider"]["job_id"]
     signal_everything(first, sig)
     exit_code(first, timeout=10)
-    assert fake_game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"
+    assert fakes.game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"
     assert web.record(request_id)["status"] == "processing", "the request was handed back unfinished"
 
     start_process("worker", **SLOW_TIMINGS)
@@ -269,6 +265,6 @@ def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: 
     record = web.settled(request_id, timeout=25)
     time.sleep(DUPLICATE_GRACE)
     assert record["status"] == "completed", record
-    assert only_callback(fake_game, request_id) == completed_callback(video_url(fake_pika, job_id))
-    assert len(fake_pika.generates) == 1
-    assert len(fake_replicate.creates) == 1
+    assert only_callback(fakes.game, request_id) == completed_callback(video_url(fakes.pika, job_id))
+    assert len(fakes.pika.generates) == 1
+    assert len(fakes.replicate.creates) == 1

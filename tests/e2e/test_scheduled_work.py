@@ -100,32 +100,30 @@ def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> No
 
 def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fakes, start_process, redis) -> None:
     """SIGKILL of the scheduler process that holds the lock: a worker's stand-in takes over in time."""
-    _, _, fake_game = fakes
     janitor = start_process("scheduler", **DEFAULTS)
     assert janitor.proc is not None
     # The worker comes second: a stand-in that starts first may take the free lock itself.
     wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, what="the janitor to take the lock")
     pool = start_process("worker", **DEFAULTS)
 
-    due = first_attempt_failed(client, fake_game, "sched-janitor")
+    due = first_attempt_failed(client, fakes.game, "sched-janitor")
     janitor.kill()
-    assert_retried_in_time(client, fake_game, "sched-janitor", due)
+    assert_retried_in_time(client, fakes.game, "sched-janitor", due)
     holder = lock_holder(redis)
     assert holder is not None and pool_of(holder, [pool]) is pool, "the worker's stand-in holds the lock now"
 
 
 def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fakes, start_process, redis) -> None:
     """No janitor runs: SIGKILL of the whole worker whose process holds the lock; the other worker takes over."""
-    _, _, fake_game = fakes
     pools = [start_process("worker", **DEFAULTS), start_process("worker", **DEFAULTS)]
     wait_for(lambda: lock_holder(redis), timeout=20, what="a worker to take the lock")
-    due = first_attempt_failed(client, fake_game, "sched-worker")
+    due = first_attempt_failed(client, fakes.game, "sched-worker")
 
     holding = pool_of(lock_holder(redis) or 0, pools)
     assert holding is not None, "the lock holder is one of the worker processes"
     holding.kill()
     survivor = next(pool for pool in pools if pool is not holding)
-    assert_retried_in_time(client, fake_game, "sched-worker", due)
+    assert_retried_in_time(client, fakes.game, "sched-worker", due)
     holder = lock_holder(redis)
     assert holder is not None and pool_of(holder, [survivor]) is survivor
 
@@ -134,7 +132,6 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
     fakes, start_process, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Redis crashes (SIGKILL) and comes back from its append-only file: the retry still goes out in time."""
-    _, _, fake_game = fakes
     server = OwnRedis(tmp_path / "redis")
     server.start()
     processes: list[ServiceProcess] = []
@@ -142,7 +139,7 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
         env = {**DEFAULTS, "REDIS_URL": server.url}
         client = create_app(settings_from({**service_env, **env})).test_client()
         processes += [start_process("scheduler", **env), start_process("worker", **env)]
-        due = first_attempt_failed(client, fake_game, "sched-aof")
+        due = first_attempt_failed(client, fakes.game, "sched-aof")
         assert server.proc is not None
         server.proc.kill()
         server.proc.wait(timeout=10)
@@ -152,7 +149,7 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
             timeout=20,
             what="Redis back with the record",
         )
-        assert_retried_in_time(client, fake_game, "sched-aof", due)
+        assert_retried_in_time(client, fakes.game, "sched-aof", due)
     finally:
         for process in processes:
             process.stop()  # while Redis still answers: a worker waits for Redis before it exits
@@ -165,8 +162,7 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
 
     The killed process is shown to be the one that held the request: RQ names it as the job's worker.
     """
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_pika.duration = 20
+    fakes.pika.duration = 20
     slow = {**DEFAULTS, "MAX_CHECK_TIME": "300"}
     start_process("scheduler", **slow)
     pool = start_process("worker", **slow, WORKER_PROCESSES="2")
@@ -196,8 +192,8 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
         body = status_of(client, "sched-oom")
         return body if body["callback"]["status"] == "delivered" else None
 
-    record = wait_for(delivered, timeout=fake_pika.duration + 30, interval=0.5, what="the resumed request to finish")
+    record = wait_for(delivered, timeout=fakes.pika.duration + 30, interval=0.5, what="the resumed request to finish")
     assert record["status"] == "completed"
-    assert len(fake_game.callbacks_for("sched-oom")) == 1
-    assert fake_game.callbacks_for("sched-oom")[0].json == completed_callback(record["video_url"], "Plane fly")
-    assert len(fake_pika.generates) == 1 and len(fake_replicate.creates) == 1
+    assert len(fakes.game.callbacks_for("sched-oom")) == 1
+    assert fakes.game.callbacks_for("sched-oom")[0].json == completed_callback(record["video_url"], "Plane fly")
+    assert len(fakes.pika.generates) == 1 and len(fakes.replicate.creates) == 1

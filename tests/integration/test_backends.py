@@ -110,14 +110,13 @@ def served_video(client: FlaskClient, url: str) -> bytes:
 
 def test_local_caption_and_local_video_end_to_end(service, fakes, files: FileServer, tmp_path: Path, redis) -> None:
     """Offline backends: one COMPLETED callback with our media URL, a playable MP4, a title from the prompt."""
-    fake_replicate, fake_pika, fake_game = fakes
     client = service()
     image = files.put("/red.png", image_bytes((320, 200), (200, 35, 35)), "image/png")
     submit(client, "local-1", image)
     record = settled(client, "local-1")
     assert record["status"] == "completed", record
     assert record["prompt"].startswith("a dim landscape image (320x200) in red")
-    data = only_callback(fake_game, "local-1")
+    data = only_callback(fakes.game, "local-1")
     assert data["status"] == "COMPLETED"
     output = data["output"]
     match = MEDIA_URL.fullmatch(output["url"])
@@ -132,7 +131,7 @@ def test_local_caption_and_local_video_end_to_end(service, fakes, files: FileSer
     assert video.duration == pytest.approx(1.0, abs=0.05)
     assert (tmp_path / "media" / f"{match[1]}.mp4").is_file()
     assert record["provider"]["name"] == "local"
-    assert fake_replicate.requests == [] and fake_pika.requests == []
+    assert fakes.replicate.requests == [] and fakes.pika.requests == []
 
 
 @pytest.mark.parametrize(
@@ -143,7 +142,6 @@ def test_an_image_url_that_gives_no_image_is_caption_failed(
     service, fakes, files: FileServer, tmp_path: Path, case: str, mentions: str
 ) -> None:
     """Not an image, not found, over IMAGE_MAX_BYTES, or redirected to a private address: caption_failed."""
-    _, _, fake_game = fakes
     client = service(IMAGE_MAX_BYTES="4096")
     urls = {
         "html": files.put("/page", b"<html><body>hello</body></html>", "text/html"),
@@ -156,13 +154,12 @@ def test_an_image_url_that_gives_no_image_is_caption_failed(
     assert record["status"] == "failed", record
     assert record["error"]["code"] == "caption_failed"
     assert mentions in record["error"]["message"]
-    assert only_callback(fake_game, f"bad-{case}") == {"addToInventory": False, "status": "FAILED", "output": None}
+    assert only_callback(fakes.game, f"bad-{case}") == {"addToInventory": False, "status": "FAILED", "output": None}
     assert not (tmp_path / "media").exists() or not any((tmp_path / "media").iterdir())
 
 
 def test_an_image_that_drips_fails_at_the_download_deadline(service, fakes, files: FileServer) -> None:
     """DOWNLOAD_DEADLINE=1: 100 bytes every 0.2 s (20 s in all) never trips a read timeout; the deadline ends it."""
-    _, _, fake_game = fakes
     client = service(DOWNLOAD_DEADLINE="1")
     started = time.monotonic()
     submit(client, "drip", files.put("/drip.png", os.urandom(10_000), "image/png", drip=0.2))
@@ -171,20 +168,19 @@ def test_an_image_that_drips_fails_at_the_download_deadline(service, fakes, file
     assert record["error"]["code"] == "caption_failed"
     assert "longer than 1 s" in record["error"]["message"]
     assert time.monotonic() - started < 15
-    assert only_callback(fake_game, "drip")["status"] == "FAILED"
+    assert only_callback(fakes.game, "drip")["status"] == "FAILED"
 
 
 def test_replicate_caption_with_local_video(service, fakes, files: FileServer) -> None:
     """The CLIP caption drives a local video; the worker runs without a Pika token."""
-    fake_replicate, fake_pika, fake_game = fakes
     client = service(CAPTION_BACKEND="replicate", PIKAPI_BEARER_TOKEN="")
     image = files.put("/scene.jpg", scene_bytes((300, 400), "JPEG"), "image/jpeg")
     submit(client, "cap-replicate", image)
     record = settled(client, "cap-replicate")
     assert record["status"] == "completed", record
-    assert fake_replicate.creates == [{"image": image, "clip_model_name": "ViT-L-14/openai", "mode": "best"}]
-    assert fake_pika.requests == []
-    data = only_callback(fake_game, "cap-replicate")
+    assert fakes.replicate.creates == [{"image": image, "clip_model_name": "ViT-L-14/openai", "mode": "best"}]
+    assert fakes.pika.requests == []
+    data = only_callback(fakes.game, "cap-replicate")
     assert data["output"]["title"] == "Plane flying over sea"
     assert MEDIA_URL.fullmatch(data["output"]["url"])
     video = probe(served_video(client, data["output"]["url"]))
@@ -209,18 +205,17 @@ def replicate_video(service, **overrides: str) -> FlaskClient:
 
 def test_replicate_video_is_copied_into_the_media_store(service, fakes, files: FileServer, wan: str) -> None:
     """VIDEO_BACKEND=replicate: one prediction with image and prompt; the callback carries our URL, not theirs."""
-    fake_replicate, fake_pika, fake_game = fakes
     client = replicate_video(service)
     image = files.put("/blue.png", image_bytes((200, 200), (40, 80, 200)), "image/png")
     submit(client, "rep-video", image)
     record = settled(client, "rep-video")
     assert record["status"] == "completed", record
-    assert fake_replicate.creates == [{"image": image, "prompt": record["prompt"]}]
-    [create] = fake_replicate.requests_for("create")
+    assert fakes.replicate.creates == [{"image": image, "prompt": record["prompt"]}]
+    [create] = fakes.replicate.requests_for("create")
     assert create.path == "/v1/models/wan-video/wan-2.2-i2v-fast/predictions"
     assert record["provider"]["name"] == "replicate"
-    assert record["provider"]["job_id"] in fake_replicate.predictions
-    data = only_callback(fake_game, "rep-video")
+    assert record["provider"]["job_id"] in fakes.replicate.predictions
+    data = only_callback(fakes.game, "rep-video")
     assert (
         data["output"]["url"]
         == f"{BASE}/media/{RequestIdentity('', 'rep-video').media_name(MEDIA_SECRET)}.mp4"
@@ -229,13 +224,12 @@ def test_replicate_video_is_copied_into_the_media_store(service, fakes, files: F
     assert data["output"]["title"] == title_from_prompt(record["prompt"]) == "Dim square image"
     assert served_video(client, data["output"]["url"]) == files.entries["/provider/output.mp4"].body
     assert files.hits_for("/provider/output.mp4") == 1
-    assert fake_pika.requests == []
+    assert fakes.pika.requests == []
 
 
 def test_the_kept_video_outlives_replicate_removing_its_output(service, fakes, files: FileServer, wan: str) -> None:
     """Replicate deletes outputs an hour after the end (here: 2 s); the callback's URL still serves the video."""
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.retention = 2.0
+    fakes.replicate.retention = 2.0
     client = replicate_video(service)
     image = files.put("/green.png", image_bytes((200, 200), (40, 200, 80)), "image/png")
     submit(client, "rep-removed", image)
@@ -244,24 +238,23 @@ def test_the_kept_video_outlives_replicate_removing_its_output(service, fakes, f
     original = files.entries["/provider/output.mp4"].body
 
     prediction_id = record["provider"]["job_id"]
-    wait_for(lambda: fake_replicate.prediction(prediction_id)["data_removed"], timeout=15, what="the output removed")
+    wait_for(lambda: fakes.replicate.prediction(prediction_id)["data_removed"], timeout=15, what="the output removed")
     files.error("/provider/output.mp4", 404)
 
-    assert fake_replicate.prediction(prediction_id)["output"] is None
-    data = only_callback(fake_game, "rep-removed")
+    assert fakes.replicate.prediction(prediction_id)["output"] is None
+    data = only_callback(fakes.game, "rep-removed")
     assert served_video(client, data["output"]["url"]) == original
 
 
 def test_failed_replicate_video_is_generation_failed(service, fakes, files: FileServer, wan: str) -> None:
     """A failed video prediction ends the request with generation_failed and one FAILED callback."""
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.outcome = "failed"
+    fakes.replicate.outcome = "failed"
     client = replicate_video(service)
     submit(client, "rep-failed", files.put("/a.png", image_bytes(), "image/png"))
     record = settled(client, "rep-failed")
     assert (record["status"], record["error"]["code"]) == ("failed", "generation_failed")
-    assert only_callback(fake_game, "rep-failed")["status"] == "FAILED"
-    assert len(fake_replicate.creates) == 1
+    assert only_callback(fakes.game, "rep-failed")["status"] == "FAILED"
+    assert len(fakes.replicate.creates) == 1
 
 
 def wait_for_provider_job(client: FlaskClient, request_id: str) -> str:
@@ -275,8 +268,7 @@ def test_restarted_worker_resumes_the_same_video_prediction(
     service, start_process, fakes, files: FileServer, wan: str, backend_env: dict[str, str]
 ) -> None:
     """A worker killed while the video renders is replaced; the same prediction is awaited, never a second one."""
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.duration = 3
+    fakes.replicate.duration = 3
     env = {**backend_env, **REPLICATE_VIDEO, **SLOW}
     client = service(workers=0, **REPLICATE_VIDEO, **SLOW)
     start_process("scheduler", **env)
@@ -284,34 +276,33 @@ def test_restarted_worker_resumes_the_same_video_prediction(
     submit(client, "rep-restart", files.put("/a.png", image_bytes(), "image/png"))
     prediction = wait_for_provider_job(client, "rep-restart")
     first.kill()
-    assert fake_game.callbacks_for("rep-restart") == []
+    assert fakes.game.callbacks_for("rep-restart") == []
     start_process("worker", **env)
     # The killed execution is found once its heartbeat lapses (about 16 s with these timings).
     record = settled(client, "rep-restart", timeout=40)
     assert record["status"] == "completed", record
     assert record["provider"]["job_id"] == prediction
-    assert len(fake_replicate.creates) == 1
-    assert fake_replicate.cancels == []
+    assert len(fakes.replicate.creates) == 1
+    assert fakes.replicate.cancels == []
     assert (
-        only_callback(fake_game, "rep-restart")["output"]["url"]
+        only_callback(fakes.game, "rep-restart")["output"]["url"]
         == f"{BASE}/media/{RequestIdentity('', 'rep-restart').media_name(MEDIA_SECRET)}.mp4"
     )
 
 
 def test_cancel_during_a_replicate_video_cancels_the_prediction(service, fakes, files: FileServer, wan: str) -> None:
     """DELETE while the video renders: the prediction is canceled at Replicate and one FAILED callback goes out."""
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.outcome = "never"
+    fakes.replicate.outcome = "never"
     client = replicate_video(service, **SLOW)
     submit(client, "rep-cancel", files.put("/a.png", image_bytes(), "image/png"))
     prediction = wait_for_provider_job(client, "rep-cancel")
     assert client.delete("/api/v1/i2v/rep-cancel").status_code == 202
-    wait_for(lambda: fake_replicate.cancels, timeout=10, what="the cancel at Replicate")
-    assert fake_replicate.cancels == [prediction]
-    assert fake_replicate.prediction(prediction)["status"] == "canceled"
+    wait_for(lambda: fakes.replicate.cancels, timeout=10, what="the cancel at Replicate")
+    assert fakes.replicate.cancels == [prediction]
+    assert fakes.replicate.prediction(prediction)["status"] == "canceled"
     record = settled(client, "rep-cancel")
     assert record["status"] == "canceled"
-    assert only_callback(fake_game, "rep-cancel") == {"addToInventory": False, "status": "FAILED", "output": None}
+    assert only_callback(fakes.game, "rep-cancel") == {"addToInventory": False, "status": "FAILED", "output": None}
     assert files.hits_for("/provider/output.mp4") == 0
 
 
@@ -319,13 +310,12 @@ def test_redis_media_store_serves_the_video_from_redis(
     service, fakes, files: FileServer, redis: Redis, tmp_path: Path
 ) -> None:
     """MEDIA_STORE=redis: the video lives in Redis under its digest and the web serves it with Range."""
-    _, _, fake_game = fakes
     client = service(MEDIA_STORE="redis")
     submit(client, "in-redis", files.put("/a.png", scene_bytes(), "image/png"))
     record = settled(client, "in-redis")
     assert record["status"] == "completed", record
     name = RequestIdentity("", "in-redis").media_name(MEDIA_SECRET)
-    assert only_callback(fake_game, "in-redis")["output"]["url"] == f"{BASE}/media/{name}.mp4"
+    assert only_callback(fakes.game, "in-redis")["output"]["url"] == f"{BASE}/media/{name}.mp4"
     stored = redis.get(REDIS_PREFIX + name)
     assert stored is not None and 0 < redis.ttl(REDIS_PREFIX + name) <= settings_from({}).media_ttl
     assert served_video(client, record["video_url"]) == stored

@@ -78,49 +78,45 @@ def settled(client, request_id: str) -> dict:
 @pytest.mark.parametrize("status", [302, 307])
 def test_a_redirect_is_a_failed_attempt_and_nothing_follows_it(client, fakes, worker, sink, settings, status) -> None:
     """A 3xx from the receiver is retried like a 5xx with its code recorded; its Location sees nothing."""
-    _, _, fake_game = fakes
     redirect = Fault(status=status, headers={"Location": f"{sink.url}/stolen"})
-    fake_game.add_fault("callback", redirect, times=None)
+    fakes.game.add_fault("callback", redirect, times=None)
     submit(client, f"redirect-{status}")
     record = settled(client, f"redirect-{status}")
     assert record["callback"]["status"] == "failed"
     assert record["callback"]["attempts"] == len(settings.callback_retry_delays) + 1
     assert record["callback"]["last_status_code"] == status
     assert sink.received == []
-    assert fake_game.callbacks == []
+    assert fakes.game.callbacks == []
 
 
 def test_a_redirect_then_a_2xx_is_delivered_on_the_retry(client, fakes, worker, sink) -> None:
     """One 307, then the receiver's 2xx: delivered on attempt 2, to GAME only."""
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault(status=307, headers={"Location": f"{sink.url}/stolen"}))
+    fakes.game.add_fault("callback", Fault(status=307, headers={"Location": f"{sink.url}/stolen"}))
     submit(client, "redirect-once")
     record = settled(client, "redirect-once")
     assert record["callback"]["status"] == "delivered"
     assert record["callback"]["attempts"] == 2
-    assert len(fake_game.callbacks_for("redirect-once")) == 1
+    assert len(fakes.game.callbacks_for("redirect-once")) == 1
     assert sink.received == []
 
 
 def test_a_per_request_url_on_games_host_never_gets_the_game_key(service_env, fakes, worker) -> None:
     """``x-api-key`` goes only to the URL ``CALLBACK_API_URL`` builds for the request, not to any path on its host."""
-    _, _, fake_game = fakes
-    fake_game.require_key = False
-    allowed = {**service_env, "CALLBACK_URL_ALLOWLIST": f"127.0.0.1:{fake_game.port}"}
+    fakes.game.require_key = False
+    allowed = {**service_env, "CALLBACK_URL_ALLOWLIST": f"127.0.0.1:{fakes.game.port}"}
     client = create_app(settings_from(allowed)).test_client()
-    submit(client, "mine", callback_url=f"{fake_game.url}/hooks/someone-elses")
+    submit(client, "mine", callback_url=f"{fakes.game.url}/hooks/someone-elses")
     submit(client, "own")
     assert settled(client, "mine")["callback"]["status"] == "delivered"
     assert settled(client, "own")["callback"]["status"] == "delivered"
-    (theirs,) = fake_game.callbacks_for("someone-elses")
+    (theirs,) = fakes.game.callbacks_for("someone-elses")
     assert "x-api-key" not in theirs.headers
-    (own,) = fake_game.callbacks_for("own")
+    (own,) = fakes.game.callbacks_for("own")
     assert own.headers["x-api-key"] == service_env["GAME_API_KEY"]
 
 
 def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, worker) -> None:
     """A record from before ``..`` was refused: its callback fails at once, and nothing is sent anywhere."""
-    _, _, fake_game = fakes
     store = RequestStore(redis, settings.record_ttl)
     record = Record(request_id="..", image_url=PLAIN, status="failed", error_code="canceled")
     redis.hset(record.key, mapping=record.to_redis())
@@ -131,12 +127,11 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
         return stored if stored and stored.callback_status == "failed" else None
 
     assert wait_for(given_up, timeout=20, what="the callback to be given up").callback_last_status_code is None
-    assert fake_game.requests == []
+    assert fakes.game.requests == []
 
 
 def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, fakes, worker) -> None:
     """Key B submitting and canceling key A's GAME request id never reaches GAME: A's one callback stands."""
-    _, _, fake_game = fakes
     secured = {**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": "key-alpha-0123456789,key-bravo-0123456789"}
     client = create_app(settings_from(secured)).test_client()
     a, b = {"Authorization": "Bearer key-alpha-0123456789"}, {"Authorization": "Bearer key-bravo-0123456789"}
@@ -152,6 +147,6 @@ def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, f
         return body if body["callback"]["status"] != "pending" else None
 
     assert wait_for(settled_for_a, timeout=30, what="A's callback")["callback"]["status"] == "delivered"
-    (callback,) = fake_game.callbacks_for("game-7")
+    (callback,) = fakes.game.callbacks_for("game-7")
     assert callback.status == "COMPLETED"
-    assert fake_game.rejected == []
+    assert fakes.game.rejected == []

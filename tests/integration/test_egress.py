@@ -88,15 +88,14 @@ def proxy() -> Iterator[ForwardingProxy]:
 
 def test_every_provider_call_goes_through_the_configured_proxy(client, fakes, start_process, proxy) -> None:
     """With HTTP_PROXY set, Replicate (httpx), Pika and GAME (requests) calls all pass the proxy."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker", HTTP_PROXY=proxy.url, http_proxy=proxy.url, NO_PROXY="", no_proxy="")
     submit(client, "proxied")
     assert final_record(client, "proxied")["status"] == "completed"
     seen = "\n".join(proxy.seen)
-    assert f"POST {fake_replicate.url}/v1/predictions" in seen
-    assert f"POST {fake_pika.base_url}/generate" in seen
-    assert f"GET {fake_pika.base_url}/jobs/" in seen
-    assert f"POST {fake_game.url}/requests/proxied/callback" in seen
+    assert f"POST {fakes.replicate.url}/v1/predictions" in seen
+    assert f"POST {fakes.pika.base_url}/generate" in seen
+    assert f"GET {fakes.pika.base_url}/jobs/" in seen
+    assert f"POST {fakes.game.url}/requests/proxied/callback" in seen
 
 
 def test_the_worker_never_reads_netrc(client, fakes, start_process, tmp_path: Path) -> None:

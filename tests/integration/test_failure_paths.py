@@ -47,30 +47,28 @@ def iso_utc(ts: float) -> str:
 
 def test_resumed_job_with_a_caption_create_in_flight_never_creates_again(client, redis, fakes, start_process) -> None:
     """A job that died after sending a Replicate create but before saving its id: caption_failed, no create."""
-    fake_replicate, fake_pika, fake_game = fakes
     submit(client, "cap-window")
     # What a worker dying inside the window leaves behind: the marker set, no prediction id.
     redis.hset(RequestIdentity("", "cap-window").record_key, mapping={"caption_inflight": "1", "stage": "captioning"})
     start_process("worker")
-    record = failed_with(client, fake_game, "cap-window", "caption_failed")
+    record = failed_with(client, fakes.game, "cap-window", "caption_failed")
     assert "may have created a prediction" in record["error"]["message"]
-    assert fake_replicate.requests_for("create") == []
-    assert fake_pika.requests_for("generate") == []
+    assert fakes.replicate.requests_for("create") == []
+    assert fakes.pika.requests_for("generate") == []
 
 
 def test_resumed_job_with_a_video_submission_in_flight_never_submits_again(client, redis, fakes, start_process) -> None:
     """A job that died after sending a Pika submission but before saving its id: generation_unknown, no resubmit."""
-    fake_replicate, fake_pika, fake_game = fakes
     submit(client, "sub-window")
     redis.hset(
         RequestIdentity("", "sub-window").record_key,
         mapping={"prompt": "a plane over the sea", "submit_inflight": "1", "stage": "submitting"},
     )
     start_process("worker")
-    record = failed_with(client, fake_game, "sub-window", "generation_unknown")
+    record = failed_with(client, fakes.game, "sub-window", "generation_unknown")
     assert "submission whose answer was lost" in record["error"]["message"]
-    assert fake_pika.requests_for("generate") == []
-    assert fake_replicate.requests_for("create") == []
+    assert fakes.pika.requests_for("generate") == []
+    assert fakes.replicate.requests_for("create") == []
 
 
 #: The provider holds the create or submission this long while the worker is killed; the worker waits longer.
@@ -86,8 +84,7 @@ def test_worker_killed_while_a_create_is_in_flight_does_not_pay_twice(
 ) -> None:
     """SIGKILL while the provider holds a create (caption) or submission (video): the resumed job ends as
     docs/architecture.md documents, and the provider saw that one request only."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake = {"replicate": fake_replicate, "pika": fake_pika}[provider]
+    fake = {"replicate": fakes.replicate, "pika": fakes.pika}[provider]
     fake.add_fault(route, Fault.slow(HELD))  # answered, but only after the worker is gone
     # The worker would wait for the answer, so the kill surely lands inside the window.
     env = {"HTTP_READ_TIMEOUT": str(3 * HELD)}
@@ -103,7 +100,7 @@ def test_worker_killed_while_a_create_is_in_flight_does_not_pay_twice(
     assert record["status"] == "failed", record
     assert record["error"]["code"] == code, record["error"]
     time.sleep(DUPLICATE_GRACE)
-    one_callback(fake_game, request_id)
+    one_callback(fakes.game, request_id)
     assert len(fake.requests_for(route)) == 1
 
 
@@ -112,20 +109,19 @@ def test_worker_killed_while_a_create_is_in_flight_does_not_pay_twice(
 
 def test_unexpected_error_is_retried_then_internal_error_with_one_callback(client, redis, fakes, start_process) -> None:
     """An exception outside the taxonomy is retried by RQ five times, then internal_error and one FAILED callback."""
-    fake_replicate, fake_pika, fake_game = fakes
     # A damaged slot set: every slot read raises a Redis WRONGTYPE error, which no step expects.
     redis.set(SLOTS_KEY, "not a sorted set")
     start_process("worker", PIKA_MAX_CONCURRENCY="1")
     submit(client, "retries-out")
-    record = failed_with(client, fake_game, "retries-out", "internal_error")
+    record = failed_with(client, fakes.game, "retries-out", "internal_error")
     assert "unexpected ResponseError" in record["error"]["message"]
     time.sleep(DUPLICATE_GRACE)
-    assert len(fake_game.callbacks_for("retries-out")) == 1
+    assert len(fakes.game.callbacks_for("retries-out")) == 1
     job = Job.fetch(RequestIdentity("", "retries-out").job_id, connection=redis)
     assert job.retries_left == 0, "the request failed before RQ's retries were used up"
     # Each retry resumed from the record: the caption was made once.
-    assert len(fake_replicate.creates) == 1
-    assert fake_pika.requests_for("generate") == []
+    assert len(fakes.replicate.creates) == 1
+    assert fakes.pika.requests_for("generate") == []
 
 
 # -- captioning ------------------------------------------------------------------------------------
@@ -133,48 +129,45 @@ def test_unexpected_error_is_retried_then_internal_error_with_one_callback(clien
 
 def test_caption_timeout_cancels_the_prediction_then_caption_failed(client, redis, fakes, start_process) -> None:
     """No prompt within CAPTION_TIMEOUT: the prediction is canceled, then caption_failed and one callback."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_replicate.outcome = "never"
+    fakes.replicate.outcome = "never"
     start_process("worker", CAPTION_TIMEOUT="1")
     submit(client, "cap-timeout")
-    record = failed_with(client, fake_game, "cap-timeout", "caption_failed")
+    record = failed_with(client, fakes.game, "cap-timeout", "caption_failed")
     assert "no prompt within 1 s" in record["error"]["message"]
     prediction_id = stored(redis, "cap-timeout", "prediction_id")
-    assert fake_replicate.cancels == [prediction_id]
-    [cancel] = fake_replicate.requests_for("cancel")
-    assert cancel.at <= fake_game.callbacks_for("cap-timeout")[0].at
-    assert fake_pika.requests_for("generate") == []
+    assert fakes.replicate.cancels == [prediction_id]
+    [cancel] = fakes.replicate.requests_for("cancel")
+    assert cancel.at <= fakes.game.callbacks_for("cap-timeout")[0].at
+    assert fakes.pika.requests_for("generate") == []
 
 
 @pytest.mark.parametrize(("route", "status"), [("create", 401), ("create", 422), ("get", 404)])
 def test_replicate_refusal_is_caption_failed_at_once(client, fakes, worker, route: str, status: int) -> None:
     """Replicate 401/404/422 is not worth a retry: caption_failed after that one call."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_replicate.add_fault(route, Fault.error(status), times=None)
+    fakes.replicate.add_fault(route, Fault.error(status), times=None)
     request_id = f"refused-{route}-{status}"
     submit(client, request_id)
-    record = failed_with(client, fake_game, request_id, "caption_failed")
+    record = failed_with(client, fakes.game, request_id, "caption_failed")
     assert f"Replicate refused ({status})" in record["error"]["message"]
-    assert len(fake_replicate.requests_for(route)) == 1
-    assert len(fake_replicate.requests_for("create")) == 1
-    assert fake_pika.requests_for("generate") == []
+    assert len(fakes.replicate.requests_for(route)) == 1
+    assert len(fakes.replicate.requests_for("create")) == 1
+    assert fakes.pika.requests_for("generate") == []
 
 
 def test_replicate_429_without_retry_after_waits_as_its_resets_in_hint_says(client, fakes, start_process) -> None:
     """A 429 whose only hint is "resets in ~2s" in its body: the next create comes 2 s later, not at back-off pace."""
-    fake_replicate, _, fake_game = fakes
     detail = "Request was throttled. Your rate limit resets in ~2s."
     body = {"title": "Too Many Requests", "status": 429, "detail": detail}
-    fake_replicate.add_fault("create", Fault(status=429, body=body))
+    fakes.replicate.add_fault("create", Fault(status=429, body=body))
     # A budget that a slow first call under load cannot use up before the 2 s wait.
     start_process("worker", PROVIDER_RETRY_BUDGET="10")
     submit(client, "resets-in")
     assert final_record(client, "resets-in")["status"] == "completed"
-    first, second = fake_replicate.requests_for("create")
+    first, second = fakes.replicate.requests_for("create")
     assert "Retry-After" not in first.headers
     # RETRY_BASE_DELAY is 0.05 s in these tests: only the hint can explain a 2 s pause.
     assert second.at - first.at >= 1.9
-    one_callback(fake_game, "resets-in")
+    one_callback(fakes.game, "resets-in")
 
 
 # -- provider_unavailable ----------------------------------------------------------------------------
@@ -182,34 +175,31 @@ def test_replicate_429_without_retry_after_waits_as_its_resets_in_hint_says(clie
 
 def test_pika_throttling_past_the_deadline_is_provider_unavailable(client, fakes, worker, settings) -> None:
     """Pika answers 429 until INITIAL_WAIT_TIME + MAX_CHECK_TIME has passed: provider_unavailable, no video."""
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", Fault.throttled(retry_after=0.5), times=None)
+    fakes.pika.add_fault("generate", Fault.throttled(retry_after=0.5), times=None)
     submit(client, "throttled-out")
-    failed_with(client, fake_game, "throttled-out", "provider_unavailable")
-    attempts = fake_pika.requests_for("generate")
+    failed_with(client, fakes.game, "throttled-out", "provider_unavailable")
+    attempts = fakes.pika.requests_for("generate")
     assert len(attempts) >= 3  # kept trying while the deadline allowed
     assert attempts[-1].at - attempts[0].at <= settings.generation_deadline + 2  # then it stopped
-    assert fake_pika.generates == []
+    assert fakes.pika.generates == []
 
 
 def test_pika_refusing_connections_is_provider_unavailable(client, fakes, start_process) -> None:
     """Connection refused on submit (never sent): retried as for 5xx, then provider_unavailable."""
-    _, _, fake_game = fakes
     start_process("worker", PIKAPI_BASE_URL=f"http://127.0.0.1:{free_port()}/web")
     submit(client, "refused")
-    record = failed_with(client, fake_game, "refused", "provider_unavailable")
+    record = failed_with(client, fakes.game, "refused", "provider_unavailable")
     assert "unreachable" in record["error"]["message"]
 
 
 def test_no_pika_slot_within_the_deadline_is_provider_unavailable(client, redis, fakes, start_process) -> None:
     """Every slot under PIKA_MAX_CONCURRENCY stays taken past the deadline: provider_unavailable, nothing sent."""
-    _, fake_pika, fake_game = fakes
     redis.zadd(SLOTS_KEY, {"someone-else": time.time() + 3600})
     start_process("worker", PIKA_MAX_CONCURRENCY="1")
     submit(client, "no-slot")
-    record = failed_with(client, fake_game, "no-slot", "provider_unavailable")
+    record = failed_with(client, fakes.game, "no-slot", "provider_unavailable")
     assert "slot" in record["error"]["message"]
-    assert fake_pika.requests_for("generate") == []
+    assert fakes.pika.requests_for("generate") == []
 
 
 # -- deadlines after a resume ------------------------------------------------------------------------
@@ -224,8 +214,7 @@ def test_generation_deadline_runs_from_the_saved_submission_after_a_restart(
 ) -> None:
     """A request whose worker stopped mid-wait gives up INITIAL_WAIT_TIME + MAX_CHECK_TIME after its
     submission, not after the replacement worker picked it up."""
-    _, fake_pika, fake_game = fakes
-    fake_pika.outcome = "never"
+    fakes.pika.outcome = "never"
     timings = {"INITIAL_WAIT_TIME": "0.2", "MAX_CHECK_TIME": str(RESUME_DEADLINE - 0.2)}
     leaving = start_process("worker", **timings)
     submit(client, "resume-video")
@@ -236,21 +225,20 @@ def test_generation_deadline_runs_from_the_saved_submission_after_a_restart(
     time.sleep(max(0.0, submitted_at + RESUME_AT - time.time()))
     start_process("worker", **timings)
     record = final_record(client, "resume-video", timeout=RESUME_AT + 2 * RESUME_DEADLINE)
-    failed_with(client, fake_game, "resume-video", "generation_timeout")
-    resumed_at = min(r.at for r in fake_pika.requests_for("job") if r.at > stopped_at)
-    gave_up_at = fake_game.callbacks_for("resume-video")[0].at
+    failed_with(client, fakes.game, "resume-video", "generation_timeout")
+    resumed_at = min(r.at for r in fakes.pika.requests_for("job") if r.at > stopped_at)
+    gave_up_at = fakes.game.callbacks_for("resume-video")[0].at
     assert gave_up_at >= submitted_at + RESUME_DEADLINE - 0.5
     # A deadline restarted at the resume would run RESUME_DEADLINE past it.
     assert gave_up_at - resumed_at < RESUME_DEADLINE - 2, (submitted_at, resumed_at, gave_up_at)
-    assert len(fake_pika.requests_for("generate")) == 1
-    assert record["provider"]["job_id"] in fake_pika.jobs
+    assert len(fakes.pika.requests_for("generate")) == 1
+    assert record["provider"]["job_id"] in fakes.pika.jobs
 
 
 def test_caption_timeout_runs_from_the_saved_caption_start_after_a_restart(client, redis, fakes, start_process) -> None:
     """A request whose worker stopped while captioning gives up CAPTION_TIMEOUT after captioning began,
     on the same prediction, not CAPTION_TIMEOUT after the replacement worker picked it up."""
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.outcome = "never"
+    fakes.replicate.outcome = "never"
     timings = {"CAPTION_TIMEOUT": str(RESUME_DEADLINE)}
     leaving = start_process("worker", **timings)
     submit(client, "resume-caption")
@@ -262,12 +250,12 @@ def test_caption_timeout_runs_from_the_saved_caption_start_after_a_restart(clien
     time.sleep(max(0.0, started_at + RESUME_AT - time.time()))
     start_process("worker", **timings)
     final_record(client, "resume-caption", timeout=RESUME_AT + 2 * RESUME_DEADLINE)
-    failed_with(client, fake_game, "resume-caption", "caption_failed")
-    resumed_at = min(r.at for r in fake_replicate.requests_for("get") if r.at > stopped_at)
-    gave_up_at = fake_game.callbacks_for("resume-caption")[0].at
+    failed_with(client, fakes.game, "resume-caption", "caption_failed")
+    resumed_at = min(r.at for r in fakes.replicate.requests_for("get") if r.at > stopped_at)
+    gave_up_at = fakes.game.callbacks_for("resume-caption")[0].at
     assert gave_up_at >= started_at + RESUME_DEADLINE - 0.5
     assert gave_up_at - resumed_at < RESUME_DEADLINE - 2, (started_at, resumed_at, gave_up_at)
-    assert len(fake_replicate.creates) == 1
+    assert len(fakes.replicate.creates) == 1
 
 
 # -- Pika settings on the wire -----------------------------------------------------------------------
@@ -276,7 +264,6 @@ def test_caption_timeout_runs_from_the_saved_caption_start_after_a_restart(clien
 def test_every_pika_setting_reaches_the_generate_body(client, fakes, start_process) -> None:
     """PIKA_MODEL, PIKA_FRAME_RATE, PIKA_ASPECT_RATIO, PIKA_NEGATIVE_PROMPT, PIKA_MOTION and
     PIKA_GUIDANCE_SCALE all land where the contract puts them, numbers as JSON numbers."""
-    _, fake_pika, fake_game = fakes
     start_process(
         "worker",
         PIKA_MODEL="1.0",
@@ -288,7 +275,7 @@ def test_every_pika_setting_reaches_the_generate_body(client, fakes, start_proce
     )
     submit(client, "pika-options")
     assert final_record(client, "pika-options")["status"] == "completed"
-    [generate] = fake_pika.generates
+    [generate] = fakes.pika.generates
     assert generate["model"] == "1.0"
     assert generate["options"] == {
         "frameRate": 12,
@@ -299,7 +286,7 @@ def test_every_pika_setting_reaches_the_generate_body(client, fakes, start_proce
     assert type(generate["options"]["frameRate"]) is int
     assert type(parameters["motion"]) is int
     assert type(parameters["guidanceScale"]) is float
-    one_callback(fake_game, "pika-options")
+    one_callback(fakes.game, "pika-options")
 
 
 # -- callback delivery -------------------------------------------------------------------------------
@@ -307,11 +294,10 @@ def test_every_pika_setting_reaches_the_generate_body(client, fakes, start_proce
 
 def test_callback_is_sent_as_application_json(client, fakes, worker) -> None:
     """Every callback attempt says ``Content-Type: application/json``."""
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(500))
+    fakes.game.add_fault("callback", Fault.error(500))
     submit(client, "cb-json")
     assert final_record(client, "cb-json")["callback"]["status"] == "delivered"
-    attempts = fake_game.requests_for("callback")
+    attempts = fakes.game.requests_for("callback")
     assert len(attempts) == 2
     assert [a.headers.get("content-type") for a in attempts] == ["application/json"] * 2
 
@@ -328,21 +314,19 @@ def test_callback_retry_waits_the_longer_of_its_delay_and_retry_after(
 
     4 s against 1 s is a gap that the scheduler's 1-second tick cannot blur.
     """
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(503, retry_after=retry_after))
+    fakes.game.add_fault("callback", Fault.error(503, retry_after=retry_after))
     start_process("worker", CALLBACK_RETRY_DELAYS=delays)
     submit(client, "cb-wait")
     record = final_record(client, "cb-wait", timeout=30)
     assert record["callback"]["status"] == "delivered"
-    first, second = fake_game.requests_for("callback")
+    first, second = fakes.game.requests_for("callback")
     assert second.at - first.at >= 3.9
-    assert len(fake_game.callbacks_for("cb-wait")) == 1
+    assert len(fakes.game.callbacks_for("cb-wait")) == 1
 
 
 def test_callback_retry_is_never_scheduled_before_its_delay(client, redis, fakes, settings) -> None:
     """RQ's scheduler keeps whole seconds: the retry's slot is rounded up, never down, so it never comes early."""
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(503, retry_after=4))
+    fakes.game.add_fault("callback", Fault.error(503, retry_after=4))
     submit(client, "cb-schedule")
     ctx = build_context(settings, redis)
     key = RequestIdentity("", "cb-schedule").record_key

@@ -27,24 +27,22 @@ def status_of(client, request_id: str) -> dict:
 
 
 def test_cancel_queued_request_never_reaches_a_provider(client, fakes, start_process) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
     submit(client, "cq")
     resp = client.delete("/api/v1/i2v/cq")
     assert resp.status_code == 202
     assert resp.get_json()["status"] == "canceled"
     start_process("worker")
-    assert one_callback(fake_game, "cq") == FAILED
+    assert one_callback(fakes.game, "cq") == FAILED
     record = final_record(client, "cq")
     assert record["status"] == "canceled"
     assert record["error"]["code"] == "canceled"
     time.sleep(0.5)
-    assert fake_replicate.creates == [] and fake_pika.generates == []
-    assert len(fake_game.callbacks_for("cq")) == 1
+    assert fakes.replicate.creates == [] and fakes.pika.generates == []
+    assert len(fakes.game.callbacks_for("cq")) == 1
 
 
 def test_cancel_running_request_stops_polling_and_calls_back_once(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.outcome = "never"
+    fakes.pika.outcome = "never"
     submit(client, "cr")
     wait_for(lambda: status_of(client, "cr")["provider"]["job_id"], what="a Pika job")
     started = time.monotonic()
@@ -52,22 +50,21 @@ def test_cancel_running_request_stops_polling_and_calls_back_once(client, fakes,
     record = final_record(client, "cr")
     assert time.monotonic() - started < 5
     assert record["status"] == "canceled"
-    assert one_callback(fake_game, "cr") == FAILED
-    polls = sum(fake_pika.polls.values())
+    assert one_callback(fakes.game, "cr") == FAILED
+    polls = sum(fakes.pika.polls.values())
     time.sleep(1.5)
-    assert sum(fake_pika.polls.values()) <= polls + 1  # at most one poll already under way
-    assert len(fake_pika.generates) == 1
+    assert sum(fakes.pika.polls.values()) <= polls + 1  # at most one poll already under way
+    assert len(fakes.pika.generates) == 1
 
 
 def test_cancel_while_captioning_cancels_the_prediction(client, fakes, worker) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_replicate.outcome = "never"
+    fakes.replicate.outcome = "never"
     submit(client, "cc")
-    wait_for(lambda: fake_replicate.predictions, what="a prediction")
+    wait_for(lambda: fakes.replicate.predictions, what="a prediction")
     client.delete("/api/v1/i2v/cc")
-    one_callback(fake_game, "cc")
-    wait_for(lambda: fake_replicate.cancels, what="the prediction canceled")
-    assert fake_pika.generates == []
+    one_callback(fakes.game, "cc")
+    wait_for(lambda: fakes.replicate.cancels, what="the prediction canceled")
+    assert fakes.pika.generates == []
 
 
 def test_cancel_finished_request_is_409(client, fakes, worker) -> None:
@@ -80,28 +77,26 @@ def test_cancel_finished_request_is_409(client, fakes, worker) -> None:
 
 
 def test_failed_callback_can_be_sent_again_with_the_same_webhook_id(client, fakes, worker) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(503), times=4)  # the first attempt and its 3 retries
+    fakes.game.add_fault("callback", Fault.error(503), times=4)  # the first attempt and its 3 retries
     submit(client, "rd")
     record = final_record(client, "rd")
     assert record["callback"]["status"] == "failed"
-    first_ids = {r.headers["webhook-id"] for r in fake_game.requests_for("callback")}
+    first_ids = {r.headers["webhook-id"] for r in fakes.game.requests_for("callback")}
     resp = client.post("/api/v1/i2v/rd/callback")
     assert resp.status_code == 202
     record = final_record(client, "rd")
     assert record["callback"]["status"] == "delivered"
-    assert len(fake_game.callbacks_for("rd")) == 1
-    assert {r.headers["webhook-id"] for r in fake_game.requests_for("callback")} == first_ids
+    assert len(fakes.game.callbacks_for("rd")) == 1
+    assert {r.headers["webhook-id"] for r in fakes.game.requests_for("callback")} == first_ids
     assert client.post("/api/v1/i2v/rd/callback").status_code == 409  # delivered: never twice
 
 
 def test_signed_callbacks_verify_with_standardwebhooks(client, fakes, start_process) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(500))
+    fakes.game.add_fault("callback", Fault.error(500))
     start_process("worker", CALLBACK_SIGNING_SECRET=SECRET)
     submit(client, "signed")
     final_record(client, "signed")
-    attempts = fake_game.requests_for("callback")
+    attempts = fakes.game.requests_for("callback")
     assert len(attempts) == 2
     for attempt in attempts:
         Webhook(SECRET).verify(attempt.body, dict(attempt.headers))
@@ -112,9 +107,8 @@ def test_signed_callbacks_verify_with_standardwebhooks(client, fakes, start_proc
 
 
 def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, client, fakes, start_process) -> None:
-    _, _, fake_game = fakes
-    fake_game.require_key = False  # so that a callback without the key is recorded, not refused
-    url = fake_game.callback_url_template().replace("{request_id}", "own")
+    fakes.game.require_key = False  # so that a callback without the key is recorded, not refused
+    url = fakes.game.callback_url_template().replace("{request_id}", "own")
     resp = client.post(
         "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
     )
@@ -138,14 +132,13 @@ def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, cli
         "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
     )
     assert resp.status_code == 202
-    wait_for(lambda: fake_game.callbacks_for("own"), what="the callback at the request's own URL")
-    [callback] = fake_game.callbacks_for("own")
+    wait_for(lambda: fakes.game.callbacks_for("own"), what="the callback at the request's own URL")
+    [callback] = fakes.game.callbacks_for("own")
     assert "x-api-key" not in callback.headers
     assert callback.path == "/hooks/own"
 
 
 def test_resubmits_under_concurrency_make_exactly_one_of_everything(app, fakes, start_process) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
     for _ in range(3):
         start_process("worker")
     ids = [f"conc-{n}" for n in range(100)]
@@ -161,12 +154,12 @@ def test_resubmits_under_concurrency_make_exactly_one_of_everything(app, fakes, 
         codes = list(pool.map(post, range(1000)))
     assert codes.count(202) == 100
     assert codes.count(200) == 900
-    wait_for(lambda: len(fake_game.callbacks) >= 100, timeout=120, what="100 callbacks")
+    wait_for(lambda: len(fakes.game.callbacks) >= 100, timeout=120, what="100 callbacks")
     time.sleep(1)
-    assert len(fake_game.callbacks) == 100
-    assert sorted(c.request_id for c in fake_game.callbacks) == sorted(ids)
-    assert len(fake_replicate.creates) == 100
-    assert len(fake_pika.generates) == 100
+    assert len(fakes.game.callbacks) == 100
+    assert sorted(c.request_id for c in fakes.game.callbacks) == sorted(ids)
+    assert len(fakes.replicate.creates) == 100
+    assert len(fakes.pika.generates) == 100
 
 
 #: Room for a slow video: resumed requests keep the deadline saved at submission.
@@ -175,19 +168,17 @@ SLOW = {"MAX_CHECK_TIME": "30"}
 
 def slow_request(client, fakes, request_id: str) -> None:
     """Submit a request whose video takes a while, and wait until Pika has its job."""
-    _, fake_pika, _ = fakes
-    fake_pika.duration = 5
+    fakes.pika.duration = 5
     submit(client, request_id)
     wait_for(lambda: status_of(client, request_id)["provider"]["job_id"], what="a Pika job")
 
 
 def assert_resumed_once(client, fakes, request_id: str) -> dict:
-    fake_replicate, fake_pika, fake_game = fakes
     record = final_record(client, request_id, timeout=60)
     assert record["status"] == "completed", record
-    one_callback(fake_game, request_id)
-    assert len(fake_replicate.creates) == 1
-    assert len(fake_pika.generates) == 1
+    one_callback(fakes.game, request_id)
+    assert len(fakes.replicate.creates) == 1
+    assert len(fakes.pika.generates) == 1
     return record
 
 
@@ -228,7 +219,7 @@ def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_proces
     leaving.proc.wait(timeout=10)
     # Handed back, not finished by a warm shutdown: the worker is gone and the request is not done.
     assert status_of(client, "termed")["status"] == "processing"
-    assert fakes[2].callbacks_for("termed") == []
+    assert fakes.game.callbacks_for("termed") == []
     record = assert_resumed_once(client, fakes, "termed")
     assert record["status"] == "completed"
 
@@ -239,8 +230,7 @@ DEPLOYS = {"MAX_CHECK_TIME": "300"}
 
 def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process, redis) -> None:
     """More SIGTERM restarts than PIPELINE_RETRIES: each hands the request back without spending a retry."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_pika.duration = 600
+    fakes.pika.duration = 600
     submit(client, "deploys")
     job_id = RequestIdentity("", "deploys").job_id
     for _ in range(PIPELINE_RETRIES + 2):
@@ -250,21 +240,21 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
             timeout=20,
             what="a worker to start the request",
         )
-        wait_for(lambda: fake_pika.generates, what="the Pika job")  # later restarts stop a waiting request
+        wait_for(lambda: fakes.pika.generates, what="the Pika job")  # later restarts stop a waiting request
         leaving.signal(signal.SIGTERM)
         leaving.proc.wait(timeout=10)
         job = Job.fetch(job_id, connection=redis)
         assert job.get_status() == JobStatus.QUEUED, "the request went back to the queue"
         assert job.retries_left == PIPELINE_RETRIES, "a restart is not a failure"
         assert status_of(client, "deploys")["status"] in ("queued", "processing")
-    assert fake_game.callbacks == []
-    fake_pika.finish_now(next(iter(fake_pika.jobs)))
+    assert fakes.game.callbacks == []
+    fakes.pika.finish_now(next(iter(fakes.pika.jobs)))
     start_process("worker", **DEPLOYS)
     record = final_record(client, "deploys", timeout=30)
     assert record["status"] == "completed", record
-    one_callback(fake_game, "deploys")
-    assert len(fake_replicate.creates) == 1
-    assert len(fake_pika.generates) == 1
+    one_callback(fakes.game, "deploys")
+    assert len(fakes.replicate.creates) == 1
+    assert len(fakes.pika.generates) == 1
 
 
 def test_janitor_reenqueues_a_request_whose_job_was_lost(client, fakes, start_process, redis) -> None:
@@ -281,7 +271,6 @@ def test_janitor_reenqueues_a_request_whose_job_was_lost(client, fakes, start_pr
 def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, redis, settings) -> None:
     from jobs.store import RequestStore
 
-    _, _, fake_game = fakes
     submit(client, "cbcrash")
     store = RequestStore(redis, settings.record_ttl)
     key = RequestIdentity("", "cbcrash").record_key
@@ -292,14 +281,13 @@ def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, 
     store.claim(key, "callback_claim_1", 60)
     start_process("worker")
     start_process("scheduler")
-    assert one_callback(fake_game, "cbcrash") == FAILED
+    assert one_callback(fakes.game, "cbcrash") == FAILED
     assert final_record(client, "cbcrash", timeout=30)["callback"]["status"] == "delivered"
 
 
 def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(
     client, fakes, start_process, redis
 ) -> None:
-    _, fake_pika, fake_game = fakes
     submit(client, "limbo")
     # A worker took the job off the queue (RQ moves it to an intermediate list) and died before it
     # marked the job started: the job still says queued, and no worker looks at that list in time.
@@ -307,8 +295,8 @@ def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(
     start_process("worker")
     start_process("scheduler")
     assert final_record(client, "limbo", timeout=40)["status"] == "completed"
-    assert one_callback(fake_game, "limbo")["data"]["status"] == "COMPLETED"
-    assert len(fake_pika.generates) == 1
+    assert one_callback(fakes.game, "limbo")["data"]["status"] == "COMPLETED"
+    assert len(fakes.pika.generates) == 1
     assert redis.llen("rq:queue:i2v:intermediate") == 0
 
 
@@ -319,7 +307,6 @@ def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
 
     from jobs.store import RequestStore, enqueue_delivery
 
-    _, _, fake_game = fakes
     submit(client, "limbo-cb")
     key = RequestIdentity("", "limbo-cb").record_key
     redis.delete(f"rq:job:{RequestIdentity('', 'limbo-cb').job_id}")
@@ -330,7 +317,7 @@ def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
     assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == delivery.id.encode()
     start_process("worker")
     start_process("scheduler")
-    assert one_callback(fake_game, "limbo-cb") == FAILED
+    assert one_callback(fakes.game, "limbo-cb") == FAILED
     assert final_record(client, "limbo-cb", timeout=40)["callback"]["status"] == "delivered"
 
 

@@ -56,8 +56,7 @@ def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, wor
 def test_metrics_count_provider_errors_by_kind(client, fakes, worker) -> None:
     from tests.fakes import Fault
 
-    _, fake_pika, _ = fakes
-    fake_pika.add_fault("job", Fault.error(503))
+    fakes.pika.add_fault("job", Fault.error(503))
     submit(client, "m-2")
     final_record(client, "m-2")
     text = client.get("/metrics").get_data(as_text=True)

@@ -57,8 +57,7 @@ def test_readyz_needs_a_worker_and_reports_the_eviction_policy(faulty, own_redis
 
 def test_request_in_flight_survives_a_redis_restart_with_one_callback(faulty, own_redis, fakes) -> None:
     app, start = faulty
-    _, fake_pika, fake_game = fakes
-    fake_pika.duration = 3
+    fakes.pika.duration = 3
     slow = {"MAX_CHECK_TIME": "30"}
     worker = start("worker", **slow)
     start("scheduler", **slow)
@@ -72,16 +71,15 @@ def test_request_in_flight_survives_a_redis_restart_with_one_callback(faulty, ow
     time.sleep(3)
     assert worker.proc.poll() is None, worker.output[-2000:]
     own_redis.start()
-    wait_for(lambda: fake_game.callbacks_for("rf"), timeout=40, what="the callback")
+    wait_for(lambda: fakes.game.callbacks_for("rf"), timeout=40, what="the callback")
     time.sleep(1)
-    assert len(fake_game.callbacks_for("rf")) == 1
-    assert len(fake_pika.generates) == 1
+    assert len(fakes.game.callbacks_for("rf")) == 1
+    assert len(fakes.pika.generates) == 1
     assert worker.proc.poll() is None
 
 
 def test_idle_worker_waits_for_redis_and_carries_on(faulty, own_redis, fakes) -> None:
     app, start = faulty
-    _, _, fake_game = fakes
     worker = start("worker")
     client = app.test_client()
     wait_for(lambda: client.get("/readyz").status_code == 200, what="worker registered")
@@ -92,5 +90,5 @@ def test_idle_worker_waits_for_redis_and_carries_on(faulty, own_redis, fakes) ->
         client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "ri"}).status_code
         == 202
     )
-    wait_for(lambda: fake_game.callbacks_for("ri"), timeout=30, what="the callback")
+    wait_for(lambda: fakes.game.callbacks_for("ri"), timeout=30, what="the callback")
     assert worker.proc.poll() is None
