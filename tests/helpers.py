@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from redis import Redis
 
-from launch import descendants, free_port, poll_until, read_procfile, spawn, start_redis
+from launch import free_port, read_procfile, spawn, start_redis
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,9 +52,49 @@ def completed_callback(video_url: str, title: str = "Plane fly") -> dict:
     }
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    return poll_until(predicate, timeout, what or str(predicate), interval=interval, error=AssertionError)
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and return that.
+
+    Args:
+        predicate: the condition; its truthy result is the return value.
+        timeout: seconds after which the test fails.
+        interval: seconds between two calls.
+        message: what is awaited, for the failure ("timed out after 10 s waiting for <message>").
+
+    Raises:
+        AssertionError: if ``predicate`` is still falsy after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {message or predicate} (last value {value!r})"
+            )
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of a process (children first), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 class ServiceProcess:

@@ -34,9 +34,9 @@ import requests
 from rq.exceptions import SchedulerNotFound
 from rq.scheduler import RQScheduler
 
-from launch import descendants, free_port
+from launch import free_port
 from tests.fakes import Fakes, Fault
-from tests.helpers import OwnRedis, ServiceProcess
+from tests.helpers import OwnRedis, ServiceProcess, descendants
 
 pytestmark = pytest.mark.e2e
 

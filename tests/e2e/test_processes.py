@@ -70,7 +70,7 @@ class Web:
             ended = body["status"] in ("completed", "failed", "canceled") and body["callback"]["status"] != "pending"
             return body if ended else None
 
-        return wait_for(done, timeout=timeout, interval=0.1, what=f"request {request_id} to settle")
+        return wait_for(done, timeout=timeout, interval=0.1, message=f"request {request_id} to settle")
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Web:
         """Poll ``/healthz`` until it answers 200; fail at once if the process exits."""
@@ -83,7 +83,7 @@ class Web:
             except requests.ConnectionError:
                 return False
 
-        wait_for(healthy, timeout=timeout, interval=0.1, what="web to answer /healthz")
+        wait_for(healthy, timeout=timeout, interval=0.1, message="web to answer /healthz")
         return self
 
 
@@ -254,7 +254,9 @@ def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: 
         record = web.record(request_id)
         return record if record["provider"]["job_id"] else None
 
-    job_id = wait_for(submitted, timeout=10, interval=0.1, what="the Pika job id in the record")["provider"]["job_id"]
+    job_id = wait_for(submitted, timeout=10, interval=0.1, message="the Pika job id in the record")["provider"][
+        "job_id"
+    ]
     signal_everything(first, sig)
     exit_code(first, timeout=10)
     assert fakes.game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"

@@ -22,9 +22,8 @@ from config import settings_from
 from i2v_app import create_app
 from jobs.identity import RequestIdentity
 from jobs.store import PIPELINE_RETRIES
-from launch import descendants
 from tests.fakes import Fault
-from tests.helpers import OwnRedis, ServiceProcess, completed_callback, wait_for
+from tests.helpers import OwnRedis, ServiceProcess, completed_callback, descendants, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +71,7 @@ def first_attempt_failed(client, fake_game, request_id: str) -> float:
         lambda: (body := status_of(client, request_id))["callback"]["next_attempt_at"] and body,
         timeout=30,
         interval=0.1,
-        what="the first callback attempt to fail",
+        message="the first callback attempt to fail",
     )
     assert record["callback"]["attempts"] == 1, record
     return datetime.fromisoformat(record["callback"]["next_attempt_at"].replace("Z", "+00:00")).timestamp()
@@ -84,13 +83,13 @@ def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> No
         lambda: len(fake_game.requests_for("callback")) >= 2 and fake_game.requests_for("callback"),
         timeout=due - time.time() + RETRY_LATENESS + 10,
         interval=0.2,
-        what="the callback retry",
+        message="the callback retry",
     )
     assert attempts[1].at - due < RETRY_LATENESS, f"sent {attempts[1].at - due:.0f} s after its due time"
     record = wait_for(
         lambda: (body := status_of(client, request_id))["callback"]["status"] == "delivered" and body,
         timeout=10,
-        what="the delivery recorded",
+        message="the delivery recorded",
     )
     time.sleep(1.5)  # a second mover would move (and send) it again within about a second
     assert len(fake_game.requests_for("callback")) == 2
@@ -103,7 +102,7 @@ def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fa
     janitor = start_process("scheduler", **DEFAULTS)
     assert janitor.proc is not None
     # The worker comes second: a stand-in that starts first may take the free lock itself.
-    wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, what="the janitor to take the lock")
+    wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, message="the janitor to take the lock")
     pool = start_process("worker", **DEFAULTS)
 
     due = first_attempt_failed(client, fakes.game, "sched-janitor")
@@ -116,7 +115,7 @@ def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fa
 def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fakes, start_process, redis) -> None:
     """No janitor runs: SIGKILL of the whole worker whose process holds the lock; the other worker takes over."""
     pools = [start_process("worker", **DEFAULTS), start_process("worker", **DEFAULTS)]
-    wait_for(lambda: lock_holder(redis), timeout=20, what="a worker to take the lock")
+    wait_for(lambda: lock_holder(redis), timeout=20, message="a worker to take the lock")
     due = first_attempt_failed(client, fakes.game, "sched-worker")
 
     holding = pool_of(lock_holder(redis) or 0, pools)
@@ -147,7 +146,7 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
         wait_for(
             lambda: client.get("/api/v1/i2v/sched-aof").status_code == 200,
             timeout=20,
-            what="Redis back with the record",
+            message="Redis back with the record",
         )
         assert_retried_in_time(client, fakes.game, "sched-aof", due)
     finally:
@@ -172,7 +171,7 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
         headers={"x-request-id": "sched-oom"},
     )
     assert resp.status_code == 202
-    wait_for(lambda: status_of(client, "sched-oom")["provider"]["job_id"], timeout=30, what="a Pika job")
+    wait_for(lambda: status_of(client, "sched-oom")["provider"]["job_id"], timeout=30, message="a Pika job")
 
     job = Job.fetch(RequestIdentity("", "sched-oom").job_id, connection=redis)
     pid = int(redis.hget(f"rq:worker:{job.worker_name}", "pid") or 0)
@@ -184,7 +183,7 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
         again = Job.fetch(job.id, connection=redis)
         return again if again.worker_name not in (None, job.worker_name) else None
 
-    again = wait_for(resumed, timeout=RESUME_WITHIN, interval=0.5, what="another process to resume the request")
+    again = wait_for(resumed, timeout=RESUME_WITHIN, interval=0.5, message="another process to resume the request")
     assert time.time() - killed_at < RESUME_WITHIN
     assert again.retries_left == PIPELINE_RETRIES - 1, "the crash counted as one failure"
 
@@ -192,7 +191,9 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
         body = status_of(client, "sched-oom")
         return body if body["callback"]["status"] == "delivered" else None
 
-    record = wait_for(delivered, timeout=fakes.pika.duration + 30, interval=0.5, what="the resumed request to finish")
+    record = wait_for(
+        delivered, timeout=fakes.pika.duration + 30, interval=0.5, message="the resumed request to finish"
+    )
     assert record["status"] == "completed"
     assert len(fakes.game.callbacks_for("sched-oom")) == 1
     assert fakes.game.callbacks_for("sched-oom")[0].json == completed_callback(record["video_url"], "Plane fly")

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .base import FakeServer, Fault, Headers, Recorded, wait_for
+from .base import FakeServer, Fault, Headers, Recorded
 from .game import Callback, FakeGame, payload_problems, verify_signature
 from .pika import FakePika, generation_problems
 from .replicate import (
@@ -42,5 +42,4 @@ __all__ = [
     "generation_problems",
     "payload_problems",
     "verify_signature",
-    "wait_for",
 ]

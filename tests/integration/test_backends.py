@@ -83,11 +83,11 @@ def settled(client: FlaskClient, request_id: str, timeout: float = 20) -> dict[s
         ended = body["status"] in ("completed", "failed", "canceled") and body["callback"]["status"] != "pending"
         return body if ended else None
 
-    return wait_for(done, timeout=timeout, interval=0.1, what=f"{request_id} to settle")
+    return wait_for(done, timeout=timeout, interval=0.1, message=f"{request_id} to settle")
 
 
 def only_callback(fake_game, request_id: str) -> dict[str, Any]:
-    wait_for(lambda: fake_game.callbacks_for(request_id), timeout=10, what="a callback")
+    wait_for(lambda: fake_game.callbacks_for(request_id), timeout=10, message="a callback")
     time.sleep(0.3)  # a duplicate would show up now
     callbacks = fake_game.callbacks_for(request_id)
     assert len(callbacks) == 1, [c.json for c in callbacks]
@@ -238,7 +238,9 @@ def test_the_kept_video_outlives_replicate_removing_its_output(service, fakes, f
     original = files.entries["/provider/output.mp4"].body
 
     prediction_id = record["provider"]["job_id"]
-    wait_for(lambda: fakes.replicate.prediction(prediction_id)["data_removed"], timeout=15, what="the output removed")
+    wait_for(
+        lambda: fakes.replicate.prediction(prediction_id)["data_removed"], timeout=15, message="the output removed"
+    )
     files.error("/provider/output.mp4", 404)
 
     assert fakes.replicate.prediction(prediction_id)["output"] is None
@@ -261,7 +263,7 @@ def wait_for_provider_job(client: FlaskClient, request_id: str) -> str:
     def job_id() -> str | None:
         return client.get(f"/api/v1/i2v/{request_id}").get_json()["provider"]["job_id"]
 
-    return wait_for(job_id, timeout=15, interval=0.05, what="the prediction id in the record")
+    return wait_for(job_id, timeout=15, interval=0.05, message="the prediction id in the record")
 
 
 def test_restarted_worker_resumes_the_same_video_prediction(
@@ -297,7 +299,7 @@ def test_cancel_during_a_replicate_video_cancels_the_prediction(service, fakes, 
     submit(client, "rep-cancel", files.put("/a.png", image_bytes(), "image/png"))
     prediction = wait_for_provider_job(client, "rep-cancel")
     assert client.delete("/api/v1/i2v/rep-cancel").status_code == 202
-    wait_for(lambda: fakes.replicate.cancels, timeout=10, what="the cancel at Replicate")
+    wait_for(lambda: fakes.replicate.cancels, timeout=10, message="the cancel at Replicate")
     assert fakes.replicate.cancels == [prediction]
     assert fakes.replicate.prediction(prediction)["status"] == "canceled"
     record = settled(client, "rep-cancel")
@@ -334,7 +336,7 @@ def test_media_older_than_media_ttl_are_removed(start_process, backend_env: dict
     os.utime(old, (past, past))
     start_process("worker", **backend_env, MEDIA_TTL="3600")
     start_process("scheduler", **backend_env, MEDIA_TTL="3600")
-    wait_for(lambda: not old.exists(), timeout=10, interval=0.2, what="the old video to be removed")
+    wait_for(lambda: not old.exists(), timeout=10, interval=0.2, message="the old video to be removed")
     assert young.exists()
 
 

@@ -72,7 +72,7 @@ def settled(client, request_id: str) -> dict:
         body = client.get(f"/api/v1/i2v/{request_id}").get_json()
         return body if body["callback"]["status"] != "pending" else None
 
-    return wait_for(done, timeout=30, what=f"the callback of {request_id} to settle")
+    return wait_for(done, timeout=30, message=f"the callback of {request_id} to settle")
 
 
 @pytest.mark.parametrize("status", [302, 307])
@@ -126,7 +126,7 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
         stored = store.get_by_key(record.key)
         return stored if stored and stored.callback_status == "failed" else None
 
-    assert wait_for(given_up, timeout=20, what="the callback to be given up").callback_last_status_code is None
+    assert wait_for(given_up, timeout=20, message="the callback to be given up").callback_last_status_code is None
     assert fakes.game.requests == []
 
 
@@ -146,7 +146,7 @@ def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, f
         body = client.get("/api/v1/i2v/game-7", headers=a).get_json()
         return body if body["callback"]["status"] != "pending" else None
 
-    assert wait_for(settled_for_a, timeout=30, what="A's callback")["callback"]["status"] == "delivered"
+    assert wait_for(settled_for_a, timeout=30, message="A's callback")["callback"]["status"] == "delivered"
     (callback,) = fakes.game.callbacks_for("game-7")
     assert callback.status == "COMPLETED"
     assert fakes.game.rejected == []

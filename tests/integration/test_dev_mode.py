@@ -117,7 +117,7 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=15, interval=0.1, what="web to answer /healthz")
+    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
     request_id = "dev:cb~1"
     resp = requests.post(
         base + "/api/v1/i2v",
@@ -131,7 +131,7 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
         entries = requests.get(base + "/dev/callbacks", timeout=HTTP_TIMEOUT).json()
         return [e for e in entries if e["request_id"] == request_id]
 
-    [entry] = wait_for(delivered, timeout=20, interval=0.2, what="the callback at /dev/callbacks")
+    [entry] = wait_for(delivered, timeout=20, interval=0.2, message="the callback at /dev/callbacks")
     data = entry["body"]["data"]
     assert data["status"] == "COMPLETED", entry
     assert entry["api_key_sent"] is False
@@ -169,7 +169,7 @@ def sample_url(start_process, dev_env: dict[str, str], tmp_path: Path) -> str:
         except requests.ConnectionError:
             return False
 
-    wait_for(served, timeout=15, interval=0.1, what="the sample image")
+    wait_for(served, timeout=15, interval=0.1, message="the sample image")
     return base + "/dev/sample.png"
 
 

@@ -92,7 +92,7 @@ def test_worker_killed_while_a_create_is_in_flight_does_not_pay_twice(
     start_process("scheduler", **env)
     request_id = f"killed-in-{route}"
     submit(client, request_id)
-    wait_for(lambda: fake.requests_for(route), timeout=20, what=f"the {provider} {route}")
+    wait_for(lambda: fake.requests_for(route), timeout=20, message=f"the {provider} {route}")
     doomed.kill()
     start_process("worker", **env)
     # The janitor hands the dead execution back once its heartbeat lapses (about 16 s here).
@@ -242,7 +242,7 @@ def test_caption_timeout_runs_from_the_saved_caption_start_after_a_restart(clien
     timings = {"CAPTION_TIMEOUT": str(RESUME_DEADLINE)}
     leaving = start_process("worker", **timings)
     submit(client, "resume-caption")
-    wait_for(lambda: stored(redis, "resume-caption", "prediction_id"), timeout=20, what="the prediction id")
+    wait_for(lambda: stored(redis, "resume-caption", "prediction_id"), timeout=20, message="the prediction id")
     started_at = float(stored(redis, "resume-caption", "caption_started_at"))
     leaving.signal(signal.SIGTERM)
     leaving.proc.wait(timeout=15)

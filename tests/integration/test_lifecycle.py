@@ -44,7 +44,7 @@ def test_cancel_queued_request_never_reaches_a_provider(client, fakes, start_pro
 def test_cancel_running_request_stops_polling_and_calls_back_once(client, fakes, worker) -> None:
     fakes.pika.outcome = "never"
     submit(client, "cr")
-    wait_for(lambda: status_of(client, "cr")["provider"]["job_id"], what="a Pika job")
+    wait_for(lambda: status_of(client, "cr")["provider"]["job_id"], message="a Pika job")
     started = time.monotonic()
     assert client.delete("/api/v1/i2v/cr").status_code == 202
     record = final_record(client, "cr")
@@ -60,10 +60,10 @@ def test_cancel_running_request_stops_polling_and_calls_back_once(client, fakes,
 def test_cancel_while_captioning_cancels_the_prediction(client, fakes, worker) -> None:
     fakes.replicate.outcome = "never"
     submit(client, "cc")
-    wait_for(lambda: fakes.replicate.predictions, what="a prediction")
+    wait_for(lambda: fakes.replicate.predictions, message="a prediction")
     client.delete("/api/v1/i2v/cc")
     one_callback(fakes.game, "cc")
-    wait_for(lambda: fakes.replicate.cancels, what="the prediction canceled")
+    wait_for(lambda: fakes.replicate.cancels, message="the prediction canceled")
     assert fakes.pika.generates == []
 
 
@@ -132,7 +132,7 @@ def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, cli
         "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
     )
     assert resp.status_code == 202
-    wait_for(lambda: fakes.game.callbacks_for("own"), what="the callback at the request's own URL")
+    wait_for(lambda: fakes.game.callbacks_for("own"), message="the callback at the request's own URL")
     [callback] = fakes.game.callbacks_for("own")
     assert "x-api-key" not in callback.headers
     assert callback.path == "/hooks/own"
@@ -154,7 +154,7 @@ def test_resubmits_under_concurrency_make_exactly_one_of_everything(app, fakes, 
         codes = list(pool.map(post, range(1000)))
     assert codes.count(202) == 100
     assert codes.count(200) == 900
-    wait_for(lambda: len(fakes.game.callbacks) >= 100, timeout=120, what="100 callbacks")
+    wait_for(lambda: len(fakes.game.callbacks) >= 100, timeout=120, message="100 callbacks")
     time.sleep(1)
     assert len(fakes.game.callbacks) == 100
     assert sorted(c.request_id for c in fakes.game.callbacks) == sorted(ids)
@@ -170,7 +170,7 @@ def slow_request(client, fakes, request_id: str) -> None:
     """Submit a request whose video takes a while, and wait until Pika has its job."""
     fakes.pika.duration = 5
     submit(client, request_id)
-    wait_for(lambda: status_of(client, request_id)["provider"]["job_id"], what="a Pika job")
+    wait_for(lambda: status_of(client, request_id)["provider"]["job_id"], message="a Pika job")
 
 
 def assert_resumed_once(client, fakes, request_id: str) -> dict:
@@ -238,9 +238,9 @@ def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process
         wait_for(
             lambda: Job.fetch(job_id, connection=redis).get_status() == JobStatus.STARTED,
             timeout=20,
-            what="a worker to start the request",
+            message="a worker to start the request",
         )
-        wait_for(lambda: fakes.pika.generates, what="the Pika job")  # later restarts stop a waiting request
+        wait_for(lambda: fakes.pika.generates, message="the Pika job")  # later restarts stop a waiting request
         leaving.signal(signal.SIGTERM)
         leaving.proc.wait(timeout=10)
         job = Job.fetch(job_id, connection=redis)

@@ -67,7 +67,7 @@ def test_http_metrics_add_up_across_gunicorn_workers(start_process, fakes) -> No
     port = free_port()
     start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="3", GUNICORN_THREADS="1")
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ok(base + "/healthz"), timeout=20, what="gunicorn")
+    wait_for(lambda: _ok(base + "/healthz"), timeout=20, message="gunicorn")
     session = requests.Session()
     for _ in range(30):
         session.get(base + "/", headers={"Connection": "close"}, timeout=5)
@@ -82,8 +82,8 @@ def test_gunicorn_lines_follow_log_format(start_process, fakes, log_format: str)
     port = free_port()
     web = start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", LOG_FORMAT=log_format)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ok(base + "/healthz"), timeout=20, what="gunicorn")
-    wait_for(lambda: "GET /healthz" in web.output, timeout=10, what="the access line")
+    wait_for(lambda: _ok(base + "/healthz"), timeout=20, message="gunicorn")
+    wait_for(lambda: "GET /healthz" in web.output, timeout=10, message="the access line")
     lines = web.output.splitlines()
     if log_format == "text":
         stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"

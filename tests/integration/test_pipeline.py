@@ -28,11 +28,11 @@ def final_record(client, request_id: str, timeout: float = 20) -> dict:
         done = body["status"] in ("completed", "failed", "canceled") and body["callback"]["status"] != "pending"
         return body if done else None
 
-    return wait_for(settled, timeout=timeout, what=f"{request_id} to finish")
+    return wait_for(settled, timeout=timeout, message=f"{request_id} to finish")
 
 
 def one_callback(fake_game, request_id: str) -> dict:
-    wait_for(lambda: fake_game.callbacks_for(request_id), timeout=20, what="a callback")
+    wait_for(lambda: fake_game.callbacks_for(request_id), timeout=20, message="a callback")
     callbacks = fake_game.callbacks_for(request_id)
     assert len(callbacks) == 1, [c.json for c in callbacks]
     assert callbacks[0].problems() == []
@@ -89,7 +89,7 @@ def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage
             re.MULTILINE,
         ),
         timeout=10,
-        what="the text line of the polling step",
+        message="the text line of the polling step",
     )
     assert line
     # RQ's own lines, of the pool and of its workers, go through the same formatter.
@@ -250,7 +250,7 @@ def test_pika_concurrency_cap_makes_a_burst_wait(client, fakes, start_process) -
         start_process("worker", PIKA_MAX_CONCURRENCY="1")
     for n in range(3):
         submit(client, f"capped-{n}")
-    wait_for(lambda: len(fakes.game.callbacks) == 3, timeout=30, what="3 callbacks")
+    wait_for(lambda: len(fakes.game.callbacks) == 3, timeout=30, message="3 callbacks")
     starts = sorted(r.at for r in fakes.pika.requests_for("generate"))
     assert len(starts) == 3
     # One generation at a time: each submission waits for the previous video to be done.

@@ -49,7 +49,7 @@ def test_readyz_needs_a_worker_and_reports_the_eviction_policy(faulty, own_redis
     assert body["status"] == "not ready" and body["workers"] == 0
     Redis.from_url(own_redis.url).config_set("maxmemory-policy", "allkeys-lru")
     start("worker")
-    body = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.get_json(), what="ready")
+    body = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.get_json(), message="ready")
     assert body["workers"] == 1
     assert body["eviction_policy"] == "allkeys-lru"
     assert any("noeviction" in w for w in body["warnings"])
@@ -66,12 +66,12 @@ def test_request_in_flight_survives_a_redis_restart_with_one_callback(faulty, ow
         client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "rf"}).status_code
         == 202
     )
-    wait_for(lambda: client.get("/api/v1/i2v/rf").get_json()["provider"]["job_id"], what="a Pika job")
+    wait_for(lambda: client.get("/api/v1/i2v/rf").get_json()["provider"]["job_id"], message="a Pika job")
     own_redis.stop()
     time.sleep(3)
     assert worker.proc.poll() is None, worker.output[-2000:]
     own_redis.start()
-    wait_for(lambda: fakes.game.callbacks_for("rf"), timeout=40, what="the callback")
+    wait_for(lambda: fakes.game.callbacks_for("rf"), timeout=40, message="the callback")
     time.sleep(1)
     assert len(fakes.game.callbacks_for("rf")) == 1
     assert len(fakes.pika.generates) == 1
@@ -82,7 +82,7 @@ def test_idle_worker_waits_for_redis_and_carries_on(faulty, own_redis, fakes) ->
     app, start = faulty
     worker = start("worker")
     client = app.test_client()
-    wait_for(lambda: client.get("/readyz").status_code == 200, what="worker registered")
+    wait_for(lambda: client.get("/readyz").status_code == 200, message="worker registered")
     own_redis.stop()
     time.sleep(2)
     own_redis.start()
@@ -90,5 +90,5 @@ def test_idle_worker_waits_for_redis_and_carries_on(faulty, own_redis, fakes) ->
         client.post("/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": "ri"}).status_code
         == 202
     )
-    wait_for(lambda: fakes.game.callbacks_for("ri"), timeout=30, what="the callback")
+    wait_for(lambda: fakes.game.callbacks_for("ri"), timeout=30, message="the callback")
     assert worker.proc.poll() is None

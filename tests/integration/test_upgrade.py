@@ -36,9 +36,10 @@ def test_jobs_enqueued_by_the_earlier_release_run_under_the_same_names(redis, se
         return record if record and record.callback_status != "pending" else None
 
     assert (
-        wait_for(lambda: settled(finished_key), timeout=30, what="the old delivery job").callback_status == "delivered"
+        wait_for(lambda: settled(finished_key), timeout=30, message="the old delivery job").callback_status
+        == "delivered"
     )
-    ran = wait_for(lambda: settled(queued_key), timeout=60, what="the old pipeline job")
+    ran = wait_for(lambda: settled(queued_key), timeout=60, message="the old pipeline job")
     assert (ran.status, ran.callback_status) == ("completed", "delivered")
     (failed,) = fakes.game.callbacks_for("upgrade-cb")
     assert failed.headers["webhook-id"] == "msg_2440c8e218147edf7b9123dc7bc09765366e3ca5"
