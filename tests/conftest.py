@@ -19,9 +19,10 @@ from redis import Redis
 from config import Settings, settings_from
 from i2v_app import create_app
 from launch import find_redis_server, start_redis
+from tests.api import Api
 from tests.fakes import FakeGame, FakePika, FakeReplicate, Fakes
 from tests.fakes.files import FileServer
-from tests.helpers import FAST_TIMINGS, OwnRedis, ServiceProcess, python_env
+from tests.helpers import FAST_TIMINGS, Build, OwnRedis, ServiceProcess, python_env
 
 os.environ["I2V_DOTENV"] = "0"
 
@@ -151,9 +152,28 @@ def app(settings: Settings) -> Flask:
 
 
 @pytest.fixture
+def build(service_env: dict[str, str]) -> Build:
+    """Make an app from the test environment plus overrides, answering failures as production does."""
+
+    def make(**overrides: str) -> Flask:
+        app = create_app(settings_from({**service_env, **overrides}))
+        app.config["TESTING"] = True
+        app.config["PROPAGATE_EXCEPTIONS"] = False
+        return app
+
+    return make
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """A test client of the app."""
     return app.test_client()
+
+
+@pytest.fixture
+def api(client: FlaskClient, fakes: Fakes) -> Api:
+    """The app's API through the test client, and the callbacks the fake GAME got."""
+    return Api(client, fakes.game)
 
 
 @pytest.fixture

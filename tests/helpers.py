@@ -1,4 +1,4 @@
-"""Helpers shared by the test levels: waiting, worker processes and service environments."""
+"""Helpers shared by the test levels: waiting, processes, service environments and what the service stored."""
 
 from __future__ import annotations
 
@@ -10,14 +10,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from flask import Flask
 from redis import Redis
+from rq import Queue
 
+from jobs.identity import KEY_PREFIX
 from launch import free_port, read_procfile, spawn, start_redis
+
+if TYPE_CHECKING:
+    from config import Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+#: The ``build`` fixture: an app from the test environment plus overrides.
+Build = Callable[..., Flask]
 
 #: Short timings, set through the same variables users set.
 FAST_TIMINGS = {
@@ -214,3 +222,30 @@ def redis_bytes(store: Any, name: str) -> bytes | None:
     file, _ = opened
     with file:
         return file.read()
+
+
+def records(redis: Redis) -> list[bytes]:
+    """The keys of every request record in the test Redis."""
+    return redis.keys(KEY_PREFIX + "*")
+
+
+def queued(redis: Redis, settings: Settings) -> int:
+    """How many jobs wait in the service's queue."""
+    return Queue(settings.queue_name, connection=redis).count
+
+
+def fresh_window(seconds: int) -> None:
+    """Wait out the end of a fixed rate-limit window so a test's requests all fall in one window."""
+    left = seconds - time.time() % seconds
+    if left < 3:
+        time.sleep(left + 0.05)
+
+
+def with_failing_view(app: Flask) -> Flask:
+    """The app with a test-only route, ``/boom``, whose view raises."""
+
+    def boom():
+        raise RuntimeError("kaboom: internal detail in secret_module, line 42")
+
+    app.add_url_rule("/boom", "boom", boom, methods=["GET", "POST"])
+    return app

@@ -22,6 +22,7 @@ from config import settings_from
 from i2v_app import create_app
 from jobs.identity import RequestIdentity
 from jobs.store import PIPELINE_RETRIES
+from tests.api import Api
 from tests.fakes import Fault
 from tests.helpers import OwnRedis, ServiceProcess, completed_callback, descendants, wait_for
 
@@ -34,11 +35,6 @@ DEFAULTS = {"JANITOR_INTERVAL": "", "JANITOR_GRACE": "", "WORKER_HEARTBEAT_INTER
 RETRY_LATENESS = 60.0
 #: Issue 10: a request whose worker died resumes within this many seconds of the kill.
 RESUME_WITHIN = 120.0
-
-
-def status_of(client, request_id: str) -> dict[str, Any]:
-    """The status body of one request."""
-    return client.get(f"/api/v1/i2v/{request_id}").get_json()
 
 
 def lock_holder(redis: Redis) -> int | None:
@@ -58,17 +54,13 @@ def pool_of(pid: int, pools: list[ServiceProcess]) -> ServiceProcess | None:
     return None
 
 
-def first_attempt_failed(client, fake_game, request_id: str) -> float:
+def first_attempt_failed(api: Api, request_id: str) -> float:
     """Submit a request whose first callback is refused; return the Unix time its retry is due."""
-    fake_game.add_fault("callback", Fault.error(503))
-    resp = client.post(
-        "/api/v1/i2v",
-        json={"image_id": "https://cdn.example.com/images/plane.jpg"},
-        headers={"x-request-id": request_id},
-    )
-    assert resp.status_code == 202, resp.get_json()
+    assert api.game is not None
+    api.game.add_fault("callback", Fault.error(503))
+    api.submit(request_id, expect=202)
     record = wait_for(
-        lambda: (body := status_of(client, request_id))["callback"]["next_attempt_at"] and body,
+        lambda: (body := api.record(request_id))["callback"]["next_attempt_at"] and body,
         timeout=30,
         interval=0.1,
         message="the first callback attempt to fail",
@@ -77,8 +69,10 @@ def first_attempt_failed(client, fake_game, request_id: str) -> float:
     return datetime.fromisoformat(record["callback"]["next_attempt_at"].replace("Z", "+00:00")).timestamp()
 
 
-def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> None:
+def assert_retried_in_time(api: Api, request_id: str, due: float) -> None:
     """The retry was sent once, within ``RETRY_LATENESS`` of ``due``, and was the last attempt."""
+    fake_game = api.game
+    assert fake_game is not None
     attempts = wait_for(
         lambda: len(fake_game.requests_for("callback")) >= 2 and fake_game.requests_for("callback"),
         timeout=due - time.time() + RETRY_LATENESS + 10,
@@ -87,7 +81,7 @@ def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> No
     )
     assert attempts[1].at - due < RETRY_LATENESS, f"sent {attempts[1].at - due:.0f} s after its due time"
     record = wait_for(
-        lambda: (body := status_of(client, request_id))["callback"]["status"] == "delivered" and body,
+        lambda: (body := api.record(request_id))["callback"]["status"] == "delivered" and body,
         timeout=10,
         message="the delivery recorded",
     )
@@ -97,7 +91,7 @@ def assert_retried_in_time(client, fake_game, request_id: str, due: float) -> No
     assert len(fake_game.callbacks_for(request_id)) == 1
 
 
-def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fakes, start_process, redis) -> None:
+def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(api, fakes, start_process, redis) -> None:
     """SIGKILL of the scheduler process that holds the lock: a worker's stand-in takes over in time."""
     janitor = start_process("scheduler", **DEFAULTS)
     assert janitor.proc is not None
@@ -105,24 +99,24 @@ def test_callback_retry_moves_when_the_lock_holding_janitor_is_killed(client, fa
     wait_for(lambda: lock_holder(redis) == janitor.proc.pid, timeout=20, message="the janitor to take the lock")
     pool = start_process("worker", **DEFAULTS)
 
-    due = first_attempt_failed(client, fakes.game, "sched-janitor")
+    due = first_attempt_failed(api, "sched-janitor")
     janitor.kill()
-    assert_retried_in_time(client, fakes.game, "sched-janitor", due)
+    assert_retried_in_time(api, "sched-janitor", due)
     holder = lock_holder(redis)
     assert holder is not None and pool_of(holder, [pool]) is pool, "the worker's stand-in holds the lock now"
 
 
-def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(client, fakes, start_process, redis) -> None:
+def test_callback_retry_moves_when_the_lock_holding_worker_is_killed(api, fakes, start_process, redis) -> None:
     """No janitor runs: SIGKILL of the whole worker whose process holds the lock; the other worker takes over."""
     pools = [start_process("worker", **DEFAULTS), start_process("worker", **DEFAULTS)]
     wait_for(lambda: lock_holder(redis), timeout=20, message="a worker to take the lock")
-    due = first_attempt_failed(client, fakes.game, "sched-worker")
+    due = first_attempt_failed(api, "sched-worker")
 
     holding = pool_of(lock_holder(redis) or 0, pools)
     assert holding is not None, "the lock holder is one of the worker processes"
     holding.kill()
     survivor = next(pool for pool in pools if pool is not holding)
-    assert_retried_in_time(client, fakes.game, "sched-worker", due)
+    assert_retried_in_time(api, "sched-worker", due)
     holder = lock_holder(redis)
     assert holder is not None and pool_of(holder, [survivor]) is survivor
 
@@ -136,19 +130,19 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
     processes: list[ServiceProcess] = []
     try:
         env = {**DEFAULTS, "REDIS_URL": server.url}
-        client = create_app(settings_from({**service_env, **env})).test_client()
+        api = Api(create_app(settings_from({**service_env, **env})).test_client(), fakes.game)
         processes += [start_process("scheduler", **env), start_process("worker", **env)]
-        due = first_attempt_failed(client, fakes.game, "sched-aof")
+        due = first_attempt_failed(api, "sched-aof")
         assert server.proc is not None
         server.proc.kill()
         server.proc.wait(timeout=10)
         server.start()
         wait_for(
-            lambda: client.get("/api/v1/i2v/sched-aof").status_code == 200,
+            lambda: api.status("sched-aof").status_code == 200,
             timeout=20,
             message="Redis back with the record",
         )
-        assert_retried_in_time(client, fakes.game, "sched-aof", due)
+        assert_retried_in_time(api, "sched-aof", due)
     finally:
         for process in processes:
             process.stop()  # while Redis still answers: a worker waits for Redis before it exits
@@ -156,7 +150,7 @@ def test_callback_retry_moves_after_redis_restarts_from_its_aof(
 
 
 @pytest.mark.timeout(RESUME_WITHIN + 120)
-def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fakes, start_process, redis) -> None:
+def test_request_of_a_killed_pool_process_resumes_within_two_minutes(api, fakes, start_process, redis) -> None:
     """SIGKILL of the pool process running a request (an OOM kill): another one resumes it in time.
 
     The killed process is shown to be the one that held the request: RQ names it as the job's worker.
@@ -165,13 +159,8 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
     slow = {**DEFAULTS, "MAX_CHECK_TIME": "300"}
     start_process("scheduler", **slow)
     pool = start_process("worker", **slow, WORKER_PROCESSES="2")
-    resp = client.post(
-        "/api/v1/i2v",
-        json={"image_id": "https://cdn.example.com/images/plane.jpg"},
-        headers={"x-request-id": "sched-oom"},
-    )
-    assert resp.status_code == 202
-    wait_for(lambda: status_of(client, "sched-oom")["provider"]["job_id"], timeout=30, message="a Pika job")
+    api.submit("sched-oom", expect=202)
+    api.provider_job("sched-oom", timeout=30)
 
     job = Job.fetch(RequestIdentity("", "sched-oom").job_id, connection=redis)
     pid = int(redis.hget(f"rq:worker:{job.worker_name}", "pid") or 0)
@@ -187,8 +176,10 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(client, fak
     assert time.time() - killed_at < RESUME_WITHIN
     assert again.retries_left == PIPELINE_RETRIES - 1, "the crash counted as one failure"
 
-    def delivered() -> dict[str, Any] | None:
-        body = status_of(client, "sched-oom")
+    def delivered(
+        api,
+    ) -> dict[str, Any] | None:
+        body = api.record("sched-oom")
         return body if body["callback"]["status"] == "delivered" else None
 
     record = wait_for(

@@ -16,6 +16,7 @@ from PIL import Image
 from config import settings_from
 from i2v_app import create_app
 from launch import free_port
+from tests.api import HttpApi
 from tests.fakes.files import probe
 from tests.helpers import wait_for
 
@@ -119,13 +120,8 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
 
     wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
     request_id = "dev:cb~1"
-    resp = requests.post(
-        base + "/api/v1/i2v",
-        json={"image_id": base + "/dev/sample.png"},
-        headers={"x-request-id": request_id},
-        timeout=HTTP_TIMEOUT,
-    )
-    assert resp.status_code == 202, resp.text
+    api = HttpApi(base, timeout=HTTP_TIMEOUT)
+    api.submit(request_id, base + "/dev/sample.png", expect=202)
 
     def delivered() -> list[dict[str, Any]]:
         entries = requests.get(base + "/dev/callbacks", timeout=HTTP_TIMEOUT).json()
@@ -141,7 +137,7 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
     assert video.status_code == 200
     assert video.headers["Content-Type"] == "video/mp4"
     assert probe(video.content).codec == "h264"
-    record = requests.get(f"{base}/api/v1/i2v/{request_id}", timeout=HTTP_TIMEOUT).json()
+    record = api.record(request_id)
     assert record["callback"]["status"] == "delivered"
     assert record["title"] == data["output"]["title"]
 

@@ -13,7 +13,6 @@ from config import settings_from
 from i2v_app import create_app
 from launch import free_port
 from tests.helpers import wait_for
-from tests.integration.test_pipeline import final_record, submit
 
 KEY = "dashboard-key-0123456789"
 ADMIN = "admin-key-0123456789abcdef"
@@ -29,7 +28,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, worker) -> None:
+def test_metrics_count_pipeline_outcomes_stages_and_callbacks(api, client, fakes, worker) -> None:
     # HTTP counters live in this test process for all apps it made: count from here on.
     before = (
         sample(
@@ -41,8 +40,8 @@ def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, wor
         )
         or 0
     )
-    submit(client, "m-1")
-    final_record(client, "m-1")
+    api.submit("m-1", expect=202)
+    api.settled("m-1")
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "i2v_jobs_total", outcome="completed") == 1
     assert sample(text, "i2v_callback_attempts_total", outcome="delivered") == 1
@@ -53,12 +52,12 @@ def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, wor
     assert sample(text, "i2v_http_requests_total", method="POST", route="/api/v1/i2v", status="202") == before + 1
 
 
-def test_metrics_count_provider_errors_by_kind(client, fakes, worker) -> None:
+def test_metrics_count_provider_errors_by_kind(api, client, fakes, worker) -> None:
     from tests.fakes import Fault
 
     fakes.pika.add_fault("job", Fault.error(503))
-    submit(client, "m-2")
-    final_record(client, "m-2")
+    api.submit("m-2", expect=202)
+    api.settled("m-2")
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "i2v_provider_errors_total", provider="pika", kind="server_error") == 1
 
