@@ -22,14 +22,19 @@ from launch import find_redis_server, start_redis
 from tests.api import Api
 from tests.fakes import FakeGame, FakePika, FakeReplicate, Fakes
 from tests.fakes.files import FileServer
-from tests.helpers import FAST_TIMINGS, Build, OwnRedis, ServiceProcess, python_env
+from tests.helpers import (
+    FAST_TIMINGS,
+    GAME_KEY,
+    MEDIA_SECRET,
+    PIKA_TOKEN,
+    REPLICATE_TOKEN,
+    Build,
+    OwnRedis,
+    ServiceProcess,
+    python_env,
+)
 
 os.environ["I2V_DOTENV"] = "0"
-
-REPLICATE_TOKEN = "r8_test_token_0123456789"
-PIKA_TOKEN = "pika_test_token_0123456789"
-GAME_KEY = "game_test_key_0123456789"
-MEDIA_SECRET = "media-name-secret-for-tests-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The ``build`` fixture: an app from the test environment plus overrides.
 Build = Callable[..., Flask]
 
+#: Credentials the fakes accept and the service is given; they never leave this machine.
+REPLICATE_TOKEN = "r8_test_token_0123456789"
+PIKA_TOKEN = "pika_test_token_0123456789"
+GAME_KEY = "game_test_key_0123456789"
+MEDIA_SECRET = "media-name-secret-for-tests-0123456789abcdef"
+
 #: Short timings, set through the same variables users set.
 FAST_TIMINGS = {
     "INITIAL_WAIT_TIME": "0.2",

@@ -17,10 +17,9 @@ from jobs.identity import RequestIdentity
 from jobs.media import REDIS_PREFIX
 from jobs.titles import title_from_prompt
 from tests.api import Api
-from tests.conftest import MEDIA_SECRET
 from tests.fakes import FakeReplicate, Fakes, ModelSpec
 from tests.fakes.files import FileServer, image_bytes, mp4_bytes, probe, scene_bytes
-from tests.helpers import wait_for
+from tests.helpers import MEDIA_SECRET, wait_for
 
 BASE = "https://i2v.example.com"
 MEDIA_URL = re.compile(re.escape(BASE) + r"/media/([0-9a-f]{40})\.mp4")

@@ -19,8 +19,7 @@ from rq.results import Result
 from config import settings_from
 from i2v_app import create_app
 from launch import free_port
-from tests.conftest import REPLICATE_TOKEN
-from tests.helpers import ROOT, ServiceProcess, python_env, wait_for
+from tests.helpers import REPLICATE_TOKEN, ROOT, ServiceProcess, python_env, wait_for
 
 ADMIN = "admin-key-0123456789abcdef"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
