@@ -176,9 +176,7 @@ def test_request_of_a_killed_pool_process_resumes_within_two_minutes(api, fakes,
     assert time.time() - killed_at < RESUME_WITHIN
     assert again.retries_left == PIPELINE_RETRIES - 1, "the crash counted as one failure"
 
-    def delivered(
-        api,
-    ) -> dict[str, Any] | None:
+    def delivered() -> dict[str, Any] | None:
         body = api.record("sched-oom")
         return body if body["callback"]["status"] == "delivered" else None
 
