@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,46 +36,6 @@ def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
         if sep and name.strip() and not line.lstrip().startswith("#"):
             processes[name.strip()] = command.strip()
     return processes
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of a process (children first), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
-def poll_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.1,
-    error: type[Exception] = TimeoutError,
-) -> T:
-    """Call ``predicate`` until it returns something truthy and return that; ``error`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise error(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

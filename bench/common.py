@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import requests
 from redis import Redis
 
-from launch import descendants, find_redis_server, free_port, poll_until, read_procfile, spawn, start_redis
+from launch import find_redis_server, free_port, read_procfile, spawn, start_redis
+from tests.helpers import descendants
 
 T = TypeVar("T")
 
@@ -60,7 +61,14 @@ def base_env(**extra: str) -> dict[str, str]:
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; BenchError after ``timeout``."""
-    return poll_until(predicate, timeout, what, interval=interval, error=BenchError)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 # -- /proc -----------------------------------------------------------------------------------------

@@ -19,16 +19,22 @@ from redis import Redis
 from config import Settings, settings_from
 from i2v_app import create_app
 from launch import find_redis_server, start_redis
-from tests.fakes import FakeGame, FakePika, FakeReplicate
+from tests.api import Api
+from tests.fakes import FakeGame, FakePika, FakeReplicate, Fakes
 from tests.fakes.files import FileServer
-from tests.helpers import FAST_TIMINGS, OwnRedis, ServiceProcess, python_env
+from tests.helpers import (
+    FAST_TIMINGS,
+    GAME_KEY,
+    MEDIA_SECRET,
+    PIKA_TOKEN,
+    REPLICATE_TOKEN,
+    Build,
+    OwnRedis,
+    ServiceProcess,
+    python_env,
+)
 
 os.environ["I2V_DOTENV"] = "0"
-
-REPLICATE_TOKEN = "r8_test_token_0123456789"
-PIKA_TOKEN = "pika_test_token_0123456789"
-GAME_KEY = "game_test_key_0123456789"
-MEDIA_SECRET = "media-name-secret-for-tests-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -106,30 +112,29 @@ def fake_game() -> Iterator[FakeGame]:
 
 
 @pytest.fixture
-def fakes(fake_replicate: FakeReplicate, fake_pika: FakePika, fake_game: FakeGame):
+def fakes(fake_replicate: FakeReplicate, fake_pika: FakePika, fake_game: FakeGame) -> Iterator[Fakes]:
     """All three fakes, reset to good behaviour for this test."""
     for fake in (fake_replicate, fake_pika, fake_game):
         fake.reset()
     fake_replicate.duration = 0.05
     fake_pika.duration = 0.3
-    yield fake_replicate, fake_pika, fake_game
+    yield Fakes(fake_replicate, fake_pika, fake_game)
     for fake in (fake_replicate, fake_pika, fake_game):
         assert not fake.errors, f"{type(fake).__name__} raised: {fake.errors}"
 
 
 @pytest.fixture
-def service_env(redis: Redis, redis_url: str, fakes) -> dict[str, str]:
+def service_env(redis: Redis, redis_url: str, fakes: Fakes) -> dict[str, str]:
     """Variables that point the service at the test Redis and the fakes, with short timings."""
-    fake_replicate, fake_pika, fake_game = fakes
     return {
         "REDIS_URL": redis_url,
         "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
-        "REPLICATE_BASE_URL": fake_replicate.url,
+        "REPLICATE_BASE_URL": fakes.replicate.url,
         "PIKAPI_BEARER_TOKEN": PIKA_TOKEN,
-        "PIKAPI_BASE_URL": fake_pika.base_url,
+        "PIKAPI_BASE_URL": fakes.pika.base_url,
         "GAME_API_KEY": GAME_KEY,
         "MEDIA_NAME_SECRET": MEDIA_SECRET,
-        "CALLBACK_API_URL": f"{fake_game.url}/requests",
+        "CALLBACK_API_URL": f"{fakes.game.url}/requests",
         # Authentication has tests of its own; the other tests exercise everything else.
         "I2V_AUTH_DISABLED": "1",
         # The fake image URLs live on a documentation domain; the default rules apply to it.
@@ -152,9 +157,28 @@ def app(settings: Settings) -> Flask:
 
 
 @pytest.fixture
+def build(service_env: dict[str, str]) -> Build:
+    """Make an app from the test environment plus overrides, answering failures as production does."""
+
+    def make(**overrides: str) -> Flask:
+        app = create_app(settings_from({**service_env, **overrides}))
+        app.config["TESTING"] = True
+        app.config["PROPAGATE_EXCEPTIONS"] = False
+        return app
+
+    return make
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """A test client of the app."""
     return app.test_client()
+
+
+@pytest.fixture
+def api(client: FlaskClient, fakes: Fakes) -> Api:
+    """The app's API through the test client, and the callbacks the fake GAME got."""
+    return Api(client, fakes.game)
 
 
 @pytest.fixture

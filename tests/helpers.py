@@ -1,4 +1,4 @@
-"""Helpers shared by the test levels: waiting, worker processes and service environments."""
+"""Helpers shared by the test levels: waiting, processes, service environments and what the service stored."""
 
 from __future__ import annotations
 
@@ -10,14 +10,28 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from flask import Flask
 from redis import Redis
+from rq import Queue
 
-from launch import descendants, free_port, poll_until, read_procfile, spawn, start_redis
+from jobs.identity import KEY_PREFIX
+from launch import free_port, read_procfile, spawn, start_redis
+
+if TYPE_CHECKING:
+    from config import Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+#: The ``build`` fixture: an app from the test environment plus overrides.
+Build = Callable[..., Flask]
+
+#: Credentials the fakes accept and the service is given; they never leave this machine.
+REPLICATE_TOKEN = "r8_test_token_0123456789"
+PIKA_TOKEN = "pika_test_token_0123456789"
+GAME_KEY = "game_test_key_0123456789"
+MEDIA_SECRET = "media-name-secret-for-tests-0123456789abcdef"
 
 #: Short timings, set through the same variables users set.
 FAST_TIMINGS = {
@@ -52,9 +66,49 @@ def completed_callback(video_url: str, title: str = "Plane fly") -> dict:
     }
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    return poll_until(predicate, timeout, what or str(predicate), interval=interval, error=AssertionError)
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and return that.
+
+    Args:
+        predicate: the condition; its truthy result is the return value.
+        timeout: seconds after which the test fails.
+        interval: seconds between two calls.
+        message: what is awaited, for the failure ("timed out after 10 s waiting for <message>").
+
+    Raises:
+        AssertionError: if ``predicate`` is still falsy after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {message or predicate} (last value {value!r})"
+            )
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of a process (children first), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 class ServiceProcess:
@@ -174,3 +228,30 @@ def redis_bytes(store: Any, name: str) -> bytes | None:
     file, _ = opened
     with file:
         return file.read()
+
+
+def records(redis: Redis) -> list[bytes]:
+    """The keys of every request record in the test Redis."""
+    return redis.keys(KEY_PREFIX + "*")
+
+
+def queued(redis: Redis, settings: Settings) -> int:
+    """How many jobs wait in the service's queue."""
+    return Queue(settings.queue_name, connection=redis).count
+
+
+def fresh_window(seconds: int) -> None:
+    """Wait out the end of a fixed rate-limit window so a test's requests all fall in one window."""
+    left = seconds - time.time() % seconds
+    if left < 3:
+        time.sleep(left + 0.05)
+
+
+def with_failing_view(app: Flask) -> Flask:
+    """The app with a test-only route, ``/boom``, whose view raises."""
+
+    def boom():
+        raise RuntimeError("kaboom: internal detail in secret_module, line 42")
+
+    app.add_url_rule("/boom", "boom", boom, methods=["GET", "POST"])
+    return app

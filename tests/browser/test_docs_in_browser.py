@@ -82,7 +82,7 @@ def base_url(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> st
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, what="web to answer /healthz")
+    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, message="web to answer /healthz")
     return url
 
 

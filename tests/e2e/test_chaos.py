@@ -34,9 +34,9 @@ import requests
 from rq.exceptions import SchedulerNotFound
 from rq.scheduler import RQScheduler
 
-from launch import descendants, free_port
-from tests.fakes import FakeGame, FakePika, FakeReplicate, Fault
-from tests.helpers import OwnRedis, ServiceProcess
+from launch import free_port
+from tests.fakes import Fakes, Fault
+from tests.helpers import OwnRedis, ServiceProcess, descendants
 
 pytestmark = pytest.mark.e2e
 
@@ -305,18 +305,15 @@ def cluster(own_redis: OwnRedis, start_process, tmp_path: Path) -> Cluster:
 
 
 @pytest.mark.timeout(240)
-def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(
-    cluster: Cluster, fakes: tuple[FakeReplicate, FakePika, FakeGame]
-) -> None:
+def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(cluster: Cluster, fakes: Fakes) -> None:
     """Kills, pauses and flaky upstreams: every request called back, nothing paid twice, one outcome each."""
-    fake_replicate, fake_pika, fake_game = fakes
     seed = int(os.environ.get(SEED_VARIABLE) or secrets.randbelow(2**31))
     print(f"chaos seed {seed} (replay with {SEED_VARIABLE}={seed})")
     rng = random.Random(seed)
-    fake_replicate.duration = 0.2
-    fake_pika.duration = 1.5
-    fake_game.signing_secret = SIGNING_SECRET
-    by_name = {"replicate": fake_replicate, "pika": fake_pika, "game": fake_game}
+    fakes.replicate.duration = 0.2
+    fakes.pika.duration = 1.5
+    fakes.game.signing_secret = SIGNING_SECRET
+    by_name = {"replicate": fakes.replicate, "pika": fakes.pika, "game": fakes.game}
     for n, (fake, route, fault, share) in enumerate(FLAKES):
         by_name[fake].add_flaky_fault(route, fault, share, seed=seed + n)
 
@@ -351,7 +348,7 @@ def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(
                 continue
             record = get_record(cluster, rid)
             delivered = record is not None and record["callback"]["status"] != "pending"
-            if delivered and fake_game.callbacks_for(rid):
+            if delivered and fakes.game.callbacks_for(rid):
                 records[rid] = record
         return len(records) == len(ids)
 
@@ -362,9 +359,9 @@ def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(
     time.sleep(DUPLICATE_GRACE)
 
     attempts: dict[str, list[Any]] = defaultdict(list)
-    for req in fake_game.requests_for("callback"):
+    for req in fakes.game.requests_for("callback"):
         attempts[unquote(req.path.split("/")[2])].append(req)
-    acknowledged = {rid: fake_game.callbacks_for(rid) for rid in ids}
+    acknowledged = {rid: fakes.game.callbacks_for(rid) for rid in ids}
     unsettled = {}
     for rid in sorted(set(ids) - set(records)):
         record = get_record(cluster, rid)
@@ -376,18 +373,18 @@ def test_chaos_every_request_is_called_back_with_one_outcome_and_paid_once(
         f"seed {seed}: {len(posts)} posts of {len(ids)} ids; settled {settled_after:.1f} s after the last fault;"
         f" outcomes {dict(outcomes)}; callback attempts {sum(len(a) for a in attempts.values())},"
         f" acknowledged {sum(len(a) for a in acknowledged.values())}; refused by the fakes:"
-        f" {len(fake_replicate.requests_for('create')) - len(fake_replicate.creates)} Replicate creates,"
-        f" {len(fake_pika.requests_for('generate')) - len(fake_pika.generates)} Pika generates"
+        f" {len(fakes.replicate.requests_for('create')) - len(fakes.replicate.creates)} Replicate creates,"
+        f" {len(fakes.pika.requests_for('generate')) - len(fakes.pika.generates)} Pika generates"
     )
     assert not unsettled, f"not called back {RECOVERY_TIMEOUT:g} s after the last fault (seed {seed}): {unsettled}"
 
     # At most one prediction and one Pika generation per request that the provider accepted.
-    creates = Counter(c["image"] for c in fake_replicate.creates)
-    generates = Counter(g["image"] for g in fake_pika.generates)
+    creates = Counter(c["image"] for c in fakes.replicate.creates)
+    generates = Counter(g["image"] for g in fakes.pika.generates)
     assert not [image for image, n in creates.items() if n > 1], f"paid twice at Replicate (seed {seed})"
     assert not [image for image, n in generates.items() if n > 1], f"paid twice at Pika (seed {seed})"
     assert set(creates) | set(generates) <= {image_for(rid) for rid in ids}
-    results = {job["videos"][0]["imageThumb"]: job["videos"][0]["resultUrl"] for job in fake_pika.jobs.values()}
+    results = {job["videos"][0]["imageThumb"]: job["videos"][0]["resultUrl"] for job in fakes.pika.jobs.values()}
 
     assert set(attempts) == set(ids), f"callbacks for unknown ids: {set(attempts) - set(ids)}"
     for rid in ids:

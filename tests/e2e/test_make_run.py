@@ -100,7 +100,7 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
             except requests.ConnectionError:
                 return False
 
-        wait_for(healthy, timeout=START_TIMEOUT, interval=0.2, what="launch.py's web process to answer /healthz")
+        wait_for(healthy, timeout=START_TIMEOUT, interval=0.2, message="launch.py's web process to answer /healthz")
         yield run
     finally:
         seen.update(run.children())
@@ -154,13 +154,13 @@ def test_make_run_turns_the_sample_image_into_a_video_with_no_accounts(launched:
         body = launched.get(f"/api/v1/i2v/{request_id}").json()
         return body if body["status"] in ("completed", "failed", "canceled") else None
 
-    record = wait_for(finished, timeout=60, interval=0.3, what="the request to finish")
+    record = wait_for(finished, timeout=60, interval=0.3, message="the request to finish")
     assert record["status"] == "completed", record
 
     def callbacks() -> list[dict[str, Any]]:
         return [e for e in launched.get("/dev/callbacks").json() if e["request_id"] == request_id]
 
-    wait_for(callbacks, timeout=15, interval=0.2, what="the callback at /dev/callbacks")
+    wait_for(callbacks, timeout=15, interval=0.2, message="the callback at /dev/callbacks")
     time.sleep(0.5)  # a duplicate would show up now
     [entry] = callbacks()
     data = entry["body"]["data"]
@@ -191,7 +191,7 @@ def test_ctrl_c_stops_everything_launch_started(launched: Launched) -> None:
         started = output.count("Starting worker started with PID")
         return started > 0 and output.count("*** Listening on") >= started
 
-    wait_for(settled, timeout=20, interval=0.2, what="every worker of the pool to listen")
+    wait_for(settled, timeout=20, interval=0.2, message="every worker of the pool to listen")
     time.sleep(0.5)
     children = launched.children()
     assert_every_process_type_started(children)

@@ -10,19 +10,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from launch import free_port
-from tests.fakes import FakeGame, FakePika
+from tests.api import ESCAPED, PLAIN, HttpApi
+from tests.fakes import FakeGame, FakePika, Fakes
 from tests.helpers import ServiceProcess, completed_callback, wait_for
 
 pytestmark = pytest.mark.e2e
 
-PLAIN = "https://cdn.example.com/images/plane.jpg"
-ESCAPED = "https:&#x2F;&#x2F;cdn.example.com&#x2F;images&#x2F;plane.jpg"
 #: Seconds a process gets to answer /healthz, or to exit when it should refuse to start.
 START_TIMEOUT = 15.0
 EXIT_TIMEOUT = 20.0
@@ -38,39 +36,15 @@ StartProcess = Callable[..., ServiceProcess]
 
 @dataclass
 class Web:
-    """A running ``web`` process (gunicorn) and its base URL."""
+    """A running ``web`` process (gunicorn), its base URL and its API."""
 
     process: ServiceProcess
     url: str
+    api: HttpApi
 
     def get(self, path: str) -> requests.Response:
         """``GET`` a path of the service."""
         return requests.get(self.url + path, timeout=HTTP_TIMEOUT)
-
-    def submit(self, request_id: str, image: str = PLAIN) -> requests.Response:
-        """``POST /api/v1/i2v`` for one image under ``request_id``."""
-        return requests.post(
-            f"{self.url}/api/v1/i2v",
-            json={"image_id": image},
-            headers={"x-request-id": request_id},
-            timeout=HTTP_TIMEOUT,
-        )
-
-    def record(self, request_id: str) -> dict[str, Any]:
-        """The status body of one request (which must exist)."""
-        resp = self.get(f"/api/v1/i2v/{request_id}")
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def settled(self, request_id: str, timeout: float = 15.0) -> dict[str, Any]:
-        """Wait until the request has ended and its callback is no longer pending; return its status."""
-
-        def done() -> dict[str, Any] | None:
-            body = self.record(request_id)
-            ended = body["status"] in ("completed", "failed", "canceled") and body["callback"]["status"] != "pending"
-            return body if ended else None
-
-        return wait_for(done, timeout=timeout, interval=0.1, what=f"request {request_id} to settle")
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Web:
         """Poll ``/healthz`` until it answers 200; fail at once if the process exits."""
@@ -83,18 +57,20 @@ class Web:
             except requests.ConnectionError:
                 return False
 
-        wait_for(healthy, timeout=timeout, interval=0.1, what="web to answer /healthz")
+        wait_for(healthy, timeout=timeout, interval=0.1, message="web to answer /healthz")
         return self
 
 
-def start_web(start_process: StartProcess, runtime_dir: Path, **overrides: str) -> Web:
+def start_web(start_process: StartProcess, runtime_dir: Path, game: FakeGame | None = None, **overrides: str) -> Web:
     """Start the ``web`` process on a free port of 127.0.0.1 (not waiting for it to be ready).
 
-    ``runtime_dir`` receives gunicorn's control socket, which would otherwise be shared by every run.
+    ``runtime_dir`` receives gunicorn's control socket, which would otherwise be shared by every run;
+    ``game`` is the fake GAME its API reads callbacks from.
     """
     port = free_port()
     env = {"HOST": "127.0.0.1", "PORT": str(port), "XDG_RUNTIME_DIR": str(runtime_dir), **overrides}
-    return Web(start_process("web", **env), f"http://127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+    return Web(start_process("web", **env), url, HttpApi(url, game, timeout=HTTP_TIMEOUT))
 
 
 def exit_code(process: ServiceProcess, timeout: float = EXIT_TIMEOUT) -> int:
@@ -114,33 +90,24 @@ def signal_everything(process: ServiceProcess, sig: int) -> None:
         process.signal(sig)
 
 
-def only_callback(fake_game: FakeGame, request_id: str) -> dict[str, Any]:
-    """The body of the one callback GAME got for ``request_id`` (failing on none or several)."""
-    callbacks = fake_game.callbacks_for(request_id)
-    assert len(callbacks) == 1, [c.json for c in callbacks]
-    assert callbacks[0].problems() == []
-    return callbacks[0].json
-
-
 def video_url(fake_pika: FakePika, job_id: str) -> str:
     """The ``resultUrl`` Pika shows for a finished job."""
     return fake_pika.jobs[job_id]["videos"][0]["resultUrl"]
 
 
 @pytest.fixture
-def web(start_process: StartProcess, tmp_path: Path) -> Web:
+def web(start_process: StartProcess, tmp_path: Path, fakes: Fakes) -> Web:
     """The ``web`` process with the test environment, ready to answer."""
-    return start_web(start_process, tmp_path).wait_ready()
+    return start_web(start_process, tmp_path, fakes.game).wait_ready()
 
 
 def test_happy_path_through_gunicorn_and_rq_worker(
     web: Web, start_process: StartProcess, fakes, service_env: dict[str, str]
 ) -> None:
     """A request sent to gunicorn is run by an rq worker and ends in one COMPLETED callback with the video."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker")
 
-    resp = web.submit("e2e-happy", ESCAPED)
+    resp = web.api.submit("e2e-happy", ESCAPED)
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert set(body) == {"message", "request_id"}, body
@@ -149,56 +116,54 @@ def test_happy_path_through_gunicorn_and_rq_worker(
     assert eta and 0 < int(eta[1]) < int(eta[2]), body["message"]
     assert resp.headers["Location"].endswith("/api/v1/i2v/e2e-happy")
 
-    record = web.settled("e2e-happy")
+    record = web.api.settled("e2e-happy")
     time.sleep(DUPLICATE_GRACE)
     job_id = record["provider"]["job_id"]
-    assert only_callback(fake_game, "e2e-happy") == completed_callback(video_url(fake_pika, job_id))
-    assert fake_game.callbacks_for("e2e-happy")[0].headers["x-api-key"] == service_env["GAME_API_KEY"]
-    assert [c["image"] for c in fake_replicate.creates] == [PLAIN]
-    assert [g["image"] for g in fake_pika.generates] == [PLAIN]
+    assert web.api.one_callback("e2e-happy") == completed_callback(video_url(fakes.pika, job_id))
+    assert fakes.game.callbacks_for("e2e-happy")[0].headers["x-api-key"] == service_env["GAME_API_KEY"]
+    assert [c["image"] for c in fakes.replicate.creates] == [PLAIN]
+    assert [g["image"] for g in fakes.pika.generates] == [PLAIN]
     assert record["status"] == "completed"
     assert record["callback"]["status"] == "delivered"
-    assert record["video_url"] == video_url(fake_pika, job_id)
+    assert record["video_url"] == video_url(fakes.pika, job_id)
 
 
 def test_web_accepts_requests_while_no_worker_runs(web: Web, start_process: StartProcess, fakes) -> None:
     """Without a worker the web process still answers 202 and keeps the request queued until one starts."""
-    fake_replicate, fake_pika, fake_game = fakes
-    resp = web.submit("e2e-later")
+    resp = web.api.submit("e2e-later")
     assert resp.status_code == 202, resp.text
-    assert web.record("e2e-later")["status"] == "queued"
+    assert web.api.record("e2e-later")["status"] == "queued"
     time.sleep(1)
-    assert web.record("e2e-later")["status"] == "queued"
-    assert fake_replicate.creates == [] and fake_pika.generates == [] and fake_game.callbacks == []
+    assert web.api.record("e2e-later")["status"] == "queued"
+    assert fakes.replicate.creates == [] and fakes.pika.generates == [] and fakes.game.callbacks == []
 
     start_process("worker")
-    record = web.settled("e2e-later")
+    record = web.api.settled("e2e-later")
     time.sleep(DUPLICATE_GRACE)
     assert record["status"] == "completed"
-    assert only_callback(fake_game, "e2e-later")["data"]["status"] == "COMPLETED"
-    assert len(fake_pika.generates) == 1
+    assert web.api.one_callback("e2e-later")["data"]["status"] == "COMPLETED"
+    assert len(fakes.pika.generates) == 1
 
 
 def test_many_requests_on_two_workers_each_call_back_once(web: Web, start_process: StartProcess, fakes) -> None:
     """Ten requests at once on two workers (and the janitor): each runs once and gets exactly one callback."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker")
     start_process("worker")
     start_process("scheduler")
     images = {f"e2e-many-{i}": f"https://cdn.example.com/images/plane-{i}.jpg" for i in range(10)}
 
     with ThreadPoolExecutor(max_workers=len(images)) as pool:
-        replies = list(pool.map(lambda item: web.submit(*item), images.items()))
+        replies = list(pool.map(lambda item: web.api.submit(*item), images.items()))
     assert [r.status_code for r in replies] == [202] * len(images), [r.text for r in replies]
 
-    records = {request_id: web.settled(request_id, timeout=20) for request_id in images}
+    records = {request_id: web.api.settled(request_id, timeout=20) for request_id in images}
     time.sleep(DUPLICATE_GRACE)
     for request_id, record in records.items():
         assert record["status"] == "completed", record
-        assert only_callback(fake_game, request_id)["data"]["status"] == "COMPLETED"
-    assert len(fake_game.callbacks) == len(images)
-    assert sorted(g["image"] for g in fake_pika.generates) == sorted(images.values())
-    assert sorted(c["image"] for c in fake_replicate.creates) == sorted(images.values())
+        assert web.api.one_callback(request_id)["data"]["status"] == "COMPLETED"
+    assert len(fakes.game.callbacks) == len(images)
+    assert sorted(g["image"] for g in fakes.pika.generates) == sorted(images.values())
+    assert sorted(c["image"] for c in fakes.replicate.creates) == sorted(images.values())
 
 
 def test_worker_without_provider_tokens_refuses_to_start(start_process: StartProcess) -> None:
@@ -246,29 +211,24 @@ def test_bad_setting_stops_the_process_at_start(
 )
 def test_request_survives_worker_restart(start_process: StartProcess, tmp_path: Path, fakes, sig: int) -> None:
     """A worker stopped mid-generation (SIGKILL or SIGTERM) is replaced and the request ends once, paid once."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_pika.duration = 4
-    web = start_web(start_process, tmp_path, **SLOW_TIMINGS).wait_ready()
+    fakes.pika.duration = 4
+    web = start_web(start_process, tmp_path, fakes.game, **SLOW_TIMINGS).wait_ready()
     start_process("scheduler", **SLOW_TIMINGS)
     first = start_process("worker", **SLOW_TIMINGS)
     request_id = f"e2e-restart-{signal.Signals(sig).name.lower()}"
-    assert web.submit(request_id).status_code == 202
+    assert web.api.submit(request_id).status_code == 202
 
-    def submitted() -> dict[str, Any] | None:
-        record = web.record(request_id)
-        return record if record["provider"]["job_id"] else None
-
-    job_id = wait_for(submitted, timeout=10, interval=0.1, what="the Pika job id in the record")["provider"]["job_id"]
+    job_id = web.api.provider_job(request_id, timeout=10)
     signal_everything(first, sig)
     exit_code(first, timeout=10)
-    assert fake_game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"
-    assert web.record(request_id)["status"] == "processing", "the request was handed back unfinished"
+    assert fakes.game.callbacks_for(request_id) == [], "the first worker finished the request: nothing was interrupted"
+    assert web.api.record(request_id)["status"] == "processing", "the request was handed back unfinished"
 
     start_process("worker", **SLOW_TIMINGS)
     # After a SIGKILL the request is found once its heartbeat lapses (about 16 s with these timings).
-    record = web.settled(request_id, timeout=25)
+    record = web.api.settled(request_id, timeout=25)
     time.sleep(DUPLICATE_GRACE)
     assert record["status"] == "completed", record
-    assert only_callback(fake_game, request_id) == completed_callback(video_url(fake_pika, job_id))
-    assert len(fake_pika.generates) == 1
-    assert len(fake_replicate.creates) == 1
+    assert web.api.one_callback(request_id) == completed_callback(video_url(fakes.pika, job_id))
+    assert len(fakes.pika.generates) == 1
+    assert len(fakes.replicate.creates) == 1

@@ -1,6 +1,8 @@
 """HTTP fakes of the outside systems (Replicate, Pika, GAME), served on 127.0.0.1 for tests."""
 
-from .base import FakeServer, Fault, Headers, Recorded, wait_for
+from dataclasses import dataclass
+
+from .base import FakeServer, Fault, Headers, Recorded
 from .game import Callback, FakeGame, payload_problems, verify_signature
 from .pika import FakePika, generation_problems
 from .replicate import (
@@ -12,6 +14,16 @@ from .replicate import (
     ModelSpec,
 )
 
+
+@dataclass(frozen=True)
+class Fakes:
+    """The three fakes of one test, by name: ``fakes.replicate``, ``fakes.pika``, ``fakes.game``."""
+
+    replicate: FakeReplicate
+    pika: FakePika
+    game: FakeGame
+
+
 __all__ = [
     "CLIP_INTERROGATOR",
     "CLIP_MODEL_ID",
@@ -22,6 +34,7 @@ __all__ = [
     "FakePika",
     "FakeReplicate",
     "FakeServer",
+    "Fakes",
     "Fault",
     "Headers",
     "ModelSpec",
@@ -29,5 +42,4 @@ __all__ = [
     "generation_problems",
     "payload_problems",
     "verify_signature",
-    "wait_for",
 ]

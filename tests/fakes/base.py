@@ -184,22 +184,6 @@ def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that.
-
-    Raises:
-        AssertionError: if it stays falsy for ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value {result!r})")
-        time.sleep(interval)
-
-
 def _retry_after_value(value: float | str) -> str:
     if isinstance(value, str):
         return value
@@ -404,10 +388,6 @@ class FakeServer:
         """Tracebacks of exceptions raised inside the fake itself (should stay empty)."""
         with self.lock:
             return list(self._errors)
-
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
-        """See :func:`wait_for`."""
-        return wait_for(predicate, timeout)
 
     # -- faults ----------------------------------------------------------------------------------
 

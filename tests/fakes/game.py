@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from tests.helpers import wait_for
+
 from .base import (
     FakeServer,
     Headers,
@@ -24,7 +26,6 @@ from .base import (
     is_json_content_type,
     json_response,
     route,
-    wait_for,
 )
 
 CALLBACK_PATTERNS = (r"/requests/(?P<request_id>[^/]+)/callback", r"/hooks/(?P<request_id>[^/]+)")

@@ -16,7 +16,9 @@ import replicate
 import requests
 from replicate.exceptions import ModelError, ReplicateError
 
-from . import CLIP_MODEL_ID, CLIP_VERSION, DEFAULT_CAPTION, FakeGame, FakePika, FakeReplicate, Fault, wait_for
+from tests.helpers import wait_for
+
+from . import CLIP_MODEL_ID, CLIP_VERSION, DEFAULT_CAPTION, FakeGame, FakePika, FakeReplicate, Fault
 
 IMAGE = "https://cdn.example.com/a.jpg"
 PARAMS = {"motion": 2, "guidanceScale": 16}

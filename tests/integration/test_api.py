@@ -13,10 +13,6 @@ ESCAPED = "https:&#x2F;&#x2F;cdn.example.com&#x2F;images&#x2F;plane.jpg"
 PLAIN = "https://cdn.example.com/images/plane.jpg"
 
 
-def submit(client, request_id="req-1", image=PLAIN, **headers):
-    return client.post("/api/v1/i2v", json={"image_id": image}, headers={"x-request-id": request_id, **headers})
-
-
 def assert_problem(resp, status: int) -> dict:
     assert resp.status_code == status, resp.get_data(as_text=True)
     assert resp.mimetype == "application/problem+json"
@@ -27,8 +23,8 @@ def assert_problem(resp, status: int) -> dict:
     return body
 
 
-def test_submit_replies_202_with_location_and_enqueues_one_job_by_name(client, redis, settings) -> None:
-    resp = submit(client, "game:42.1", ESCAPED)
+def test_submit_replies_202_with_location_and_enqueues_one_job_by_name(api, redis, settings) -> None:
+    resp = api.submit("game:42.1", ESCAPED)
     assert resp.status_code == 202
     assert resp.get_json() == {
         "message": "Video generation pipeline initialized | ETA: 1-2 minutes",
@@ -44,31 +40,31 @@ def test_submit_replies_202_with_location_and_enqueues_one_job_by_name(client, r
     assert redis.hget(RequestIdentity("", "game:42.1").record_key, "image_url") == PLAIN.encode()
 
 
-def test_eta_reflects_the_configured_timing(app, client) -> None:
+def test_eta_reflects_the_configured_timing(app, api) -> None:
     app.extensions["i2v"]["settings"] = app.extensions["i2v"]["settings"].__class__(
         initial_wait_time=300, max_check_time=420
     )
-    assert submit(client).get_json()["message"] == "Video generation pipeline initialized | ETA: 6-13 minutes"
+    assert api.submit().get_json()["message"] == "Video generation pipeline initialized | ETA: 6-13 minutes"
 
 
-def test_same_id_and_image_again_is_200_with_status_and_enqueues_nothing(client, redis, settings) -> None:
-    assert submit(client, "dup", ESCAPED).status_code == 202
-    again = submit(client, "dup", PLAIN)
+def test_same_id_and_image_again_is_200_with_status_and_enqueues_nothing(api, redis, settings) -> None:
+    assert api.submit("dup", ESCAPED).status_code == 202
+    again = api.submit("dup", PLAIN)
     assert again.status_code == 200
     assert again.get_json()["status"] == "queued"
     assert again.get_json()["request_id"] == "dup"
     assert len(Queue(settings.queue_name, connection=redis)) == 1
 
 
-def test_same_id_with_another_image_is_409(client) -> None:
-    submit(client, "dup")
-    body = assert_problem(submit(client, "dup", "https://cdn.example.com/other.jpg"), 409)
+def test_same_id_with_another_image_is_409(api) -> None:
+    api.submit("dup")
+    body = assert_problem(api.submit("dup", "https://cdn.example.com/other.jpg"), 409)
     assert body["request_id"] == "dup"
 
 
-def test_status_endpoint_returns_the_record(client) -> None:
-    submit(client, "s-1", ESCAPED)
-    resp = client.get("/api/v1/i2v/s-1")
+def test_status_endpoint_returns_the_record(api) -> None:
+    api.submit("s-1", ESCAPED)
+    resp = api.status("s-1")
     assert resp.status_code == 200
     body = resp.get_json()
     assert body["request_id"] == "s-1"

@@ -15,10 +15,9 @@ from rq import Queue
 from config import settings_from
 from i2v_app import create_app
 from jobs.store import Record, RequestStore, enqueue_delivery
+from tests.api import PLAIN, Api
 from tests.fakes import Fault
 from tests.helpers import wait_for
-
-PLAIN = "https://cdn.example.com/images/plane.jpg"
 
 
 class Sink:
@@ -60,67 +59,48 @@ def sink() -> Iterator[Sink]:
     server.close()
 
 
-def submit(client, request_id: str, **body: str) -> None:
-    resp = client.post("/api/v1/i2v", json={"image_id": PLAIN, **body}, headers={"x-request-id": request_id})
-    assert resp.status_code == 202, resp.get_json()
-
-
-def settled(client, request_id: str) -> dict:
-    """The status body once the callback is delivered or given up."""
-
-    def done() -> dict | None:
-        body = client.get(f"/api/v1/i2v/{request_id}").get_json()
-        return body if body["callback"]["status"] != "pending" else None
-
-    return wait_for(done, timeout=30, what=f"the callback of {request_id} to settle")
-
-
 @pytest.mark.parametrize("status", [302, 307])
-def test_a_redirect_is_a_failed_attempt_and_nothing_follows_it(client, fakes, worker, sink, settings, status) -> None:
+def test_a_redirect_is_a_failed_attempt_and_nothing_follows_it(api, fakes, worker, sink, settings, status) -> None:
     """A 3xx from the receiver is retried like a 5xx with its code recorded; its Location sees nothing."""
-    _, _, fake_game = fakes
     redirect = Fault(status=status, headers={"Location": f"{sink.url}/stolen"})
-    fake_game.add_fault("callback", redirect, times=None)
-    submit(client, f"redirect-{status}")
-    record = settled(client, f"redirect-{status}")
+    fakes.game.add_fault("callback", redirect, times=None)
+    api.submit(f"redirect-{status}", expect=202)
+    record = api.settled(f"redirect-{status}", timeout=30)
     assert record["callback"]["status"] == "failed"
     assert record["callback"]["attempts"] == len(settings.callback_retry_delays) + 1
     assert record["callback"]["last_status_code"] == status
     assert sink.received == []
-    assert fake_game.callbacks == []
+    assert fakes.game.callbacks == []
 
 
-def test_a_redirect_then_a_2xx_is_delivered_on_the_retry(client, fakes, worker, sink) -> None:
+def test_a_redirect_then_a_2xx_is_delivered_on_the_retry(api, fakes, worker, sink) -> None:
     """One 307, then the receiver's 2xx: delivered on attempt 2, to GAME only."""
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault(status=307, headers={"Location": f"{sink.url}/stolen"}))
-    submit(client, "redirect-once")
-    record = settled(client, "redirect-once")
+    fakes.game.add_fault("callback", Fault(status=307, headers={"Location": f"{sink.url}/stolen"}))
+    api.submit("redirect-once", expect=202)
+    record = api.settled("redirect-once", timeout=30)
     assert record["callback"]["status"] == "delivered"
     assert record["callback"]["attempts"] == 2
-    assert len(fake_game.callbacks_for("redirect-once")) == 1
+    assert len(fakes.game.callbacks_for("redirect-once")) == 1
     assert sink.received == []
 
 
 def test_a_per_request_url_on_games_host_never_gets_the_game_key(service_env, fakes, worker) -> None:
     """``x-api-key`` goes only to the URL ``CALLBACK_API_URL`` builds for the request, not to any path on its host."""
-    _, _, fake_game = fakes
-    fake_game.require_key = False
-    allowed = {**service_env, "CALLBACK_URL_ALLOWLIST": f"127.0.0.1:{fake_game.port}"}
-    client = create_app(settings_from(allowed)).test_client()
-    submit(client, "mine", callback_url=f"{fake_game.url}/hooks/someone-elses")
-    submit(client, "own")
-    assert settled(client, "mine")["callback"]["status"] == "delivered"
-    assert settled(client, "own")["callback"]["status"] == "delivered"
-    (theirs,) = fake_game.callbacks_for("someone-elses")
+    fakes.game.require_key = False
+    allowed = {**service_env, "CALLBACK_URL_ALLOWLIST": f"127.0.0.1:{fakes.game.port}"}
+    api = Api(create_app(settings_from(allowed)).test_client(), fakes.game)
+    api.submit("mine", callback_url=f"{fakes.game.url}/hooks/someone-elses", expect=202)
+    api.submit("own", expect=202)
+    assert api.settled("mine", timeout=30)["callback"]["status"] == "delivered"
+    assert api.settled("own", timeout=30)["callback"]["status"] == "delivered"
+    (theirs,) = fakes.game.callbacks_for("someone-elses")
     assert "x-api-key" not in theirs.headers
-    (own,) = fake_game.callbacks_for("own")
+    (own,) = fakes.game.callbacks_for("own")
     assert own.headers["x-api-key"] == service_env["GAME_API_KEY"]
 
 
 def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, worker) -> None:
     """A record from before ``..`` was refused: its callback fails at once, and nothing is sent anywhere."""
-    _, _, fake_game = fakes
     store = RequestStore(redis, settings.record_ttl)
     record = Record(request_id="..", image_url=PLAIN, status="failed", error_code="canceled")
     redis.hset(record.key, mapping=record.to_redis())
@@ -130,28 +110,21 @@ def test_a_stored_dot_segment_id_is_never_called_back(redis, settings, fakes, wo
         stored = store.get_by_key(record.key)
         return stored if stored and stored.callback_status == "failed" else None
 
-    assert wait_for(given_up, timeout=20, what="the callback to be given up").callback_last_status_code is None
-    assert fake_game.requests == []
+    assert wait_for(given_up, timeout=20, message="the callback to be given up").callback_last_status_code is None
+    assert fakes.game.requests == []
 
 
 def test_another_key_cannot_make_a_failed_callback_for_a_taken_id(service_env, fakes, worker) -> None:
     """Key B submitting and canceling key A's GAME request id never reaches GAME: A's one callback stands."""
-    _, _, fake_game = fakes
     secured = {**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": "key-alpha-0123456789,key-bravo-0123456789"}
-    client = create_app(settings_from(secured)).test_client()
-    a, b = {"Authorization": "Bearer key-alpha-0123456789"}, {"Authorization": "Bearer key-bravo-0123456789"}
-    taken = {"x-request-id": "game-7"}
-    assert client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **a}).status_code == 202
-    resp = client.post("/api/v1/i2v", json={"image_id": PLAIN}, headers={**taken, **b})
+    api = Api(create_app(settings_from(secured)).test_client(), fakes.game)
+    a, b = "key-alpha-0123456789", "key-bravo-0123456789"
+    api.submit("game-7", key=a, expect=202)
+    resp = api.submit("game-7", key=b)
     assert resp.status_code == 409
     assert resp.mimetype == "application/problem+json"
-    assert client.delete("/api/v1/i2v/game-7", headers=b).status_code == 404
-
-    def settled_for_a() -> dict | None:
-        body = client.get("/api/v1/i2v/game-7", headers=a).get_json()
-        return body if body["callback"]["status"] != "pending" else None
-
-    assert wait_for(settled_for_a, timeout=30, what="A's callback")["callback"]["status"] == "delivered"
-    (callback,) = fake_game.callbacks_for("game-7")
+    assert api.cancel("game-7", key=b).status_code == 404
+    assert api.settled("game-7", timeout=30, key=a)["callback"]["status"] == "delivered"
+    (callback,) = fakes.game.callbacks_for("game-7")
     assert callback.status == "COMPLETED"
-    assert fake_game.rejected == []
+    assert fakes.game.rejected == []

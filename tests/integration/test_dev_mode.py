@@ -16,6 +16,7 @@ from PIL import Image
 from config import settings_from
 from i2v_app import create_app
 from launch import free_port
+from tests.api import HttpApi
 from tests.fakes.files import probe
 from tests.helpers import wait_for
 
@@ -117,21 +118,16 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=15, interval=0.1, what="web to answer /healthz")
+    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
     request_id = "dev:cb~1"
-    resp = requests.post(
-        base + "/api/v1/i2v",
-        json={"image_id": base + "/dev/sample.png"},
-        headers={"x-request-id": request_id},
-        timeout=HTTP_TIMEOUT,
-    )
-    assert resp.status_code == 202, resp.text
+    api = HttpApi(base, timeout=HTTP_TIMEOUT)
+    api.submit(request_id, base + "/dev/sample.png", expect=202)
 
     def delivered() -> list[dict[str, Any]]:
         entries = requests.get(base + "/dev/callbacks", timeout=HTTP_TIMEOUT).json()
         return [e for e in entries if e["request_id"] == request_id]
 
-    [entry] = wait_for(delivered, timeout=20, interval=0.2, what="the callback at /dev/callbacks")
+    [entry] = wait_for(delivered, timeout=20, interval=0.2, message="the callback at /dev/callbacks")
     data = entry["body"]["data"]
     assert data["status"] == "COMPLETED", entry
     assert entry["api_key_sent"] is False
@@ -141,7 +137,7 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
     assert video.status_code == 200
     assert video.headers["Content-Type"] == "video/mp4"
     assert probe(video.content).codec == "h264"
-    record = requests.get(f"{base}/api/v1/i2v/{request_id}", timeout=HTTP_TIMEOUT).json()
+    record = api.record(request_id)
     assert record["callback"]["status"] == "delivered"
     assert record["title"] == data["output"]["title"]
 
@@ -169,7 +165,7 @@ def sample_url(start_process, dev_env: dict[str, str], tmp_path: Path) -> str:
         except requests.ConnectionError:
             return False
 
-    wait_for(served, timeout=15, interval=0.1, what="the sample image")
+    wait_for(served, timeout=15, interval=0.1, message="the sample image")
     return base + "/dev/sample.png"
 
 

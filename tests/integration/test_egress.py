@@ -15,7 +15,6 @@ import requests
 from jobs import fetch as fetch_module
 from jobs.fetch import FetchError, fetch
 from tests.fakes.files import FileServer, image_bytes
-from tests.integration.test_pipeline import final_record, submit
 
 
 class ForwardingProxy(ThreadingHTTPServer):
@@ -86,27 +85,26 @@ def proxy() -> Iterator[ForwardingProxy]:
     server.server_close()
 
 
-def test_every_provider_call_goes_through_the_configured_proxy(client, fakes, start_process, proxy) -> None:
+def test_every_provider_call_goes_through_the_configured_proxy(api, fakes, start_process, proxy) -> None:
     """With HTTP_PROXY set, Replicate (httpx), Pika and GAME (requests) calls all pass the proxy."""
-    fake_replicate, fake_pika, fake_game = fakes
     start_process("worker", HTTP_PROXY=proxy.url, http_proxy=proxy.url, NO_PROXY="", no_proxy="")
-    submit(client, "proxied")
-    assert final_record(client, "proxied")["status"] == "completed"
+    api.submit("proxied", expect=202)
+    assert api.settled("proxied")["status"] == "completed"
     seen = "\n".join(proxy.seen)
-    assert f"POST {fake_replicate.url}/v1/predictions" in seen
-    assert f"POST {fake_pika.base_url}/generate" in seen
-    assert f"GET {fake_pika.base_url}/jobs/" in seen
-    assert f"POST {fake_game.url}/requests/proxied/callback" in seen
+    assert f"POST {fakes.replicate.url}/v1/predictions" in seen
+    assert f"POST {fakes.pika.base_url}/generate" in seen
+    assert f"GET {fakes.pika.base_url}/jobs/" in seen
+    assert f"POST {fakes.game.url}/requests/proxied/callback" in seen
 
 
-def test_the_worker_never_reads_netrc(client, fakes, start_process, tmp_path: Path) -> None:
+def test_the_worker_never_reads_netrc(api, fakes, start_process, tmp_path: Path) -> None:
     """A netrc naming the providers' host changes nothing: Pika still gets its bearer token, not Basic auth."""
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login leaked password leaked\n")
     netrc.chmod(0o600)
     start_process("worker", NETRC=str(netrc))
-    submit(client, "netrc")
-    assert final_record(client, "netrc")["status"] == "completed"
+    api.submit("netrc", expect=202)
+    assert api.settled("netrc")["status"] == "completed"
 
 
 @pytest.fixture

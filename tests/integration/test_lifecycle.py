@@ -14,94 +14,85 @@ from standardwebhooks.webhooks import Webhook
 
 from jobs.identity import RequestIdentity
 from jobs.store import ACTIVE_KEY, PIPELINE_RETRIES
+from tests.api import Api
 from tests.fakes import Fault
 from tests.helpers import wait_for
-from tests.integration.test_pipeline import final_record, one_callback, submit
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAILED = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
 
 
-def status_of(client, request_id: str) -> dict:
-    return client.get(f"/api/v1/i2v/{request_id}").get_json()
-
-
-def test_cancel_queued_request_never_reaches_a_provider(client, fakes, start_process) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
-    submit(client, "cq")
-    resp = client.delete("/api/v1/i2v/cq")
+def test_cancel_queued_request_never_reaches_a_provider(api, fakes, start_process) -> None:
+    api.submit("cq", expect=202)
+    resp = api.cancel("cq")
     assert resp.status_code == 202
     assert resp.get_json()["status"] == "canceled"
     start_process("worker")
-    assert one_callback(fake_game, "cq") == FAILED
-    record = final_record(client, "cq")
+    assert api.one_callback("cq") == FAILED
+    record = api.settled("cq")
     assert record["status"] == "canceled"
     assert record["error"]["code"] == "canceled"
     time.sleep(0.5)
-    assert fake_replicate.creates == [] and fake_pika.generates == []
-    assert len(fake_game.callbacks_for("cq")) == 1
+    assert fakes.replicate.creates == [] and fakes.pika.generates == []
+    assert len(fakes.game.callbacks_for("cq")) == 1
 
 
-def test_cancel_running_request_stops_polling_and_calls_back_once(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.outcome = "never"
-    submit(client, "cr")
-    wait_for(lambda: status_of(client, "cr")["provider"]["job_id"], what="a Pika job")
+def test_cancel_running_request_stops_polling_and_calls_back_once(api, fakes, worker) -> None:
+    fakes.pika.outcome = "never"
+    api.submit("cr", expect=202)
+    wait_for(lambda: api.record("cr")["provider"]["job_id"], message="a Pika job")
     started = time.monotonic()
-    assert client.delete("/api/v1/i2v/cr").status_code == 202
-    record = final_record(client, "cr")
+    assert api.cancel("cr").status_code == 202
+    record = api.settled("cr")
     assert time.monotonic() - started < 5
     assert record["status"] == "canceled"
-    assert one_callback(fake_game, "cr") == FAILED
-    polls = sum(fake_pika.polls.values())
+    assert api.one_callback("cr") == FAILED
+    polls = sum(fakes.pika.polls.values())
     time.sleep(1.5)
-    assert sum(fake_pika.polls.values()) <= polls + 1  # at most one poll already under way
-    assert len(fake_pika.generates) == 1
+    assert sum(fakes.pika.polls.values()) <= polls + 1  # at most one poll already under way
+    assert len(fakes.pika.generates) == 1
 
 
-def test_cancel_while_captioning_cancels_the_prediction(client, fakes, worker) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_replicate.outcome = "never"
-    submit(client, "cc")
-    wait_for(lambda: fake_replicate.predictions, what="a prediction")
-    client.delete("/api/v1/i2v/cc")
-    one_callback(fake_game, "cc")
-    wait_for(lambda: fake_replicate.cancels, what="the prediction canceled")
-    assert fake_pika.generates == []
+def test_cancel_while_captioning_cancels_the_prediction(api, fakes, worker) -> None:
+    fakes.replicate.outcome = "never"
+    api.submit("cc", expect=202)
+    wait_for(lambda: fakes.replicate.predictions, message="a prediction")
+    api.cancel("cc")
+    api.one_callback("cc")
+    wait_for(lambda: fakes.replicate.cancels, message="the prediction canceled")
+    assert fakes.pika.generates == []
 
 
-def test_cancel_finished_request_is_409(client, fakes, worker) -> None:
-    submit(client, "cf")
-    final_record(client, "cf")
-    resp = client.delete("/api/v1/i2v/cf")
+def test_cancel_finished_request_is_409(api, fakes, worker) -> None:
+    api.submit("cf", expect=202)
+    api.settled("cf")
+    resp = api.cancel("cf")
     assert resp.status_code == 409
     assert resp.mimetype == "application/problem+json"
-    assert client.delete("/api/v1/i2v/unknown").status_code == 404
+    assert api.cancel("unknown").status_code == 404
 
 
-def test_failed_callback_can_be_sent_again_with_the_same_webhook_id(client, fakes, worker) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(503), times=4)  # the first attempt and its 3 retries
-    submit(client, "rd")
-    record = final_record(client, "rd")
+def test_failed_callback_can_be_sent_again_with_the_same_webhook_id(api, fakes, worker) -> None:
+    fakes.game.add_fault("callback", Fault.error(503), times=4)  # the first attempt and its 3 retries
+    api.submit("rd", expect=202)
+    record = api.settled("rd")
     assert record["callback"]["status"] == "failed"
-    first_ids = {r.headers["webhook-id"] for r in fake_game.requests_for("callback")}
-    resp = client.post("/api/v1/i2v/rd/callback")
+    first_ids = {r.headers["webhook-id"] for r in fakes.game.requests_for("callback")}
+    resp = api.redeliver("rd")
     assert resp.status_code == 202
-    record = final_record(client, "rd")
+    record = api.settled("rd")
     assert record["callback"]["status"] == "delivered"
-    assert len(fake_game.callbacks_for("rd")) == 1
-    assert {r.headers["webhook-id"] for r in fake_game.requests_for("callback")} == first_ids
-    assert client.post("/api/v1/i2v/rd/callback").status_code == 409  # delivered: never twice
+    assert len(fakes.game.callbacks_for("rd")) == 1
+    assert {r.headers["webhook-id"] for r in fakes.game.requests_for("callback")} == first_ids
+    assert api.redeliver("rd").status_code == 409  # delivered: never twice
 
 
-def test_signed_callbacks_verify_with_standardwebhooks(client, fakes, start_process) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(500))
+def test_signed_callbacks_verify_with_standardwebhooks(api, fakes, start_process) -> None:
+    fakes.game.add_fault("callback", Fault.error(500))
     start_process("worker", CALLBACK_SIGNING_SECRET=SECRET)
-    submit(client, "signed")
-    final_record(client, "signed")
-    attempts = fake_game.requests_for("callback")
+    api.submit("signed", expect=202)
+    api.settled("signed")
+    attempts = fakes.game.requests_for("callback")
     assert len(attempts) == 2
     for attempt in attempts:
         Webhook(SECRET).verify(attempt.body, dict(attempt.headers))
@@ -111,20 +102,13 @@ def test_signed_callbacks_verify_with_standardwebhooks(client, fakes, start_proc
     )
 
 
-def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, client, fakes, start_process) -> None:
-    _, _, fake_game = fakes
-    fake_game.require_key = False  # so that a callback without the key is recorded, not refused
-    url = fake_game.callback_url_template().replace("{request_id}", "own")
-    resp = client.post(
-        "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
-    )
+def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(api, app, fakes, start_process) -> None:
+    fakes.game.require_key = False  # so that a callback without the key is recorded, not refused
+    url = fakes.game.callback_url_template().replace("{request_id}", "own")
+    resp = api.submit("own", "https://x.io/a.jpg", callback_url=url)
     assert resp.status_code == 422
     assert "callback_url" in resp.get_json()["detail"]
-    resp = client.post(
-        "/api/v1/i2v",
-        json={"image_id": "https://x.io/a.jpg", "callback_url": "https://hooks.example.com/x"},
-        headers={"x-request-id": "own"},
-    )
+    resp = api.submit("own", "https://x.io/a.jpg", callback_url="https://hooks.example.com/x")
     assert resp.status_code == 422
     assert "CALLBACK_URL_ALLOWLIST" in resp.get_json()["detail"]
 
@@ -134,80 +118,70 @@ def test_callback_url_needs_an_allowed_host_and_never_gets_the_game_key(app, cli
     )
     # The GAME host is another origin here: the per-request URL lives on a second fake path and port.
     start_process("worker", CALLBACK_API_URL="http://127.0.0.1:9/requests")
-    resp = client.post(
-        "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg", "callback_url": url}, headers={"x-request-id": "own"}
-    )
+    resp = api.submit("own", "https://x.io/a.jpg", callback_url=url)
     assert resp.status_code == 202
-    wait_for(lambda: fake_game.callbacks_for("own"), what="the callback at the request's own URL")
-    [callback] = fake_game.callbacks_for("own")
+    wait_for(lambda: fakes.game.callbacks_for("own"), message="the callback at the request's own URL")
+    [callback] = fakes.game.callbacks_for("own")
     assert "x-api-key" not in callback.headers
     assert callback.path == "/hooks/own"
 
 
 def test_resubmits_under_concurrency_make_exactly_one_of_everything(app, fakes, start_process) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
     for _ in range(3):
         start_process("worker")
     ids = [f"conc-{n}" for n in range(100)]
 
     def post(n: int) -> int:
         with app.test_client() as c:
-            resp = c.post(
-                "/api/v1/i2v", json={"image_id": "https://x.io/a.jpg"}, headers={"x-request-id": ids[n % 100]}
-            )
-            return resp.status_code
+            return Api(c).submit(ids[n % 100], "https://x.io/a.jpg").status_code
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         codes = list(pool.map(post, range(1000)))
     assert codes.count(202) == 100
     assert codes.count(200) == 900
-    wait_for(lambda: len(fake_game.callbacks) >= 100, timeout=120, what="100 callbacks")
+    wait_for(lambda: len(fakes.game.callbacks) >= 100, timeout=120, message="100 callbacks")
     time.sleep(1)
-    assert len(fake_game.callbacks) == 100
-    assert sorted(c.request_id for c in fake_game.callbacks) == sorted(ids)
-    assert len(fake_replicate.creates) == 100
-    assert len(fake_pika.generates) == 100
+    assert len(fakes.game.callbacks) == 100
+    assert sorted(c.request_id for c in fakes.game.callbacks) == sorted(ids)
+    assert len(fakes.replicate.creates) == 100
+    assert len(fakes.pika.generates) == 100
 
 
 #: Room for a slow video: resumed requests keep the deadline saved at submission.
 SLOW = {"MAX_CHECK_TIME": "30"}
 
 
-def slow_request(client, fakes, request_id: str) -> None:
+def slow_request(api, fakes, request_id: str) -> None:
     """Submit a request whose video takes a while, and wait until Pika has its job."""
-    _, fake_pika, _ = fakes
-    fake_pika.duration = 5
-    submit(client, request_id)
-    wait_for(lambda: status_of(client, request_id)["provider"]["job_id"], what="a Pika job")
+    fakes.pika.duration = 5
+    api.submit(request_id, expect=202)
+    wait_for(lambda: api.record(request_id)["provider"]["job_id"], message="a Pika job")
 
 
-def assert_resumed_once(client, fakes, request_id: str) -> dict:
-    fake_replicate, fake_pika, fake_game = fakes
-    record = final_record(client, request_id, timeout=60)
+def assert_resumed_once(api, fakes, request_id: str) -> dict:
+    record = api.settled(request_id, timeout=60)
     assert record["status"] == "completed", record
-    one_callback(fake_game, request_id)
-    assert len(fake_replicate.creates) == 1
-    assert len(fake_pika.generates) == 1
+    api.one_callback(request_id)
+    assert len(fakes.replicate.creates) == 1
+    assert len(fakes.pika.generates) == 1
     return record
 
 
-def test_sigkill_of_the_whole_worker_resumes_on_another(client, fakes, start_process) -> None:
+def test_sigkill_of_the_whole_worker_resumes_on_another(api, fakes, start_process) -> None:
     doomed = start_process("worker", **SLOW)
     start_process("scheduler", **SLOW)
-    slow_request(client, fakes, "killed")
+    slow_request(api, fakes, "killed")
     doomed.kill()
     killed_at = time.monotonic()
     start_process("worker", **SLOW)
-    assert_resumed_once(client, fakes, "killed")
+    assert_resumed_once(api, fakes, "killed")
     assert time.monotonic() - killed_at < 60
 
 
-def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(
-    client, fakes, start_process, redis
-) -> None:
+def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(api, fakes, start_process, redis) -> None:
     pool = start_process("worker", **SLOW, WORKER_PROCESSES="2")
     start_process("scheduler", **SLOW)
-    slow_request(client, fakes, "oom")
+    slow_request(api, fakes, "oom")
     # An OOM kill takes the process running the request (RQ names it as the job's worker); the
     # pool starts a new one.
     from tests.helpers import descendants
@@ -216,20 +190,20 @@ def test_killed_worker_process_of_a_pool_is_replaced_and_the_request_resumes(
     pid = int(redis.hget(f"rq:worker:{holder}", "pid") or 0)
     assert pid in descendants(pool.proc.pid), pool.output[-2000:]
     os.kill(pid, signal.SIGKILL)
-    assert_resumed_once(client, fakes, "oom")
+    assert_resumed_once(api, fakes, "oom")
     assert Job.fetch(RequestIdentity("", "oom").job_id, connection=redis).worker_name != holder
 
 
-def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_process, redis) -> None:
+def test_sigterm_requeues_at_once_for_another_worker(api, fakes, start_process, redis) -> None:
     leaving = start_process("worker", **SLOW)
-    slow_request(client, fakes, "termed")
+    slow_request(api, fakes, "termed")
     start_process("worker", **SLOW)
     leaving.signal(signal.SIGTERM)
     leaving.proc.wait(timeout=10)
     # Handed back, not finished by a warm shutdown: the worker is gone and the request is not done.
-    assert status_of(client, "termed")["status"] == "processing"
-    assert fakes[2].callbacks_for("termed") == []
-    record = assert_resumed_once(client, fakes, "termed")
+    assert api.record("termed")["status"] == "processing"
+    assert fakes.game.callbacks_for("termed") == []
+    record = assert_resumed_once(api, fakes, "termed")
     assert record["status"] == "completed"
 
 
@@ -237,52 +211,50 @@ def test_sigterm_requeues_at_once_for_another_worker(client, fakes, start_proces
 DEPLOYS = {"MAX_CHECK_TIME": "300"}
 
 
-def test_restarts_in_a_row_never_use_up_the_retries(client, fakes, start_process, redis) -> None:
+def test_restarts_in_a_row_never_use_up_the_retries(api, fakes, start_process, redis) -> None:
     """More SIGTERM restarts than PIPELINE_RETRIES: each hands the request back without spending a retry."""
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_pika.duration = 600
-    submit(client, "deploys")
+    fakes.pika.duration = 600
+    api.submit("deploys", expect=202)
     job_id = RequestIdentity("", "deploys").job_id
     for _ in range(PIPELINE_RETRIES + 2):
         leaving = start_process("worker", **DEPLOYS)
         wait_for(
             lambda: Job.fetch(job_id, connection=redis).get_status() == JobStatus.STARTED,
             timeout=20,
-            what="a worker to start the request",
+            message="a worker to start the request",
         )
-        wait_for(lambda: fake_pika.generates, what="the Pika job")  # later restarts stop a waiting request
+        wait_for(lambda: fakes.pika.generates, message="the Pika job")  # later restarts stop a waiting request
         leaving.signal(signal.SIGTERM)
         leaving.proc.wait(timeout=10)
         job = Job.fetch(job_id, connection=redis)
         assert job.get_status() == JobStatus.QUEUED, "the request went back to the queue"
         assert job.retries_left == PIPELINE_RETRIES, "a restart is not a failure"
-        assert status_of(client, "deploys")["status"] in ("queued", "processing")
-    assert fake_game.callbacks == []
-    fake_pika.finish_now(next(iter(fake_pika.jobs)))
+        assert api.record("deploys")["status"] in ("queued", "processing")
+    assert fakes.game.callbacks == []
+    fakes.pika.finish_now(next(iter(fakes.pika.jobs)))
     start_process("worker", **DEPLOYS)
-    record = final_record(client, "deploys", timeout=30)
+    record = api.settled("deploys", timeout=30)
     assert record["status"] == "completed", record
-    one_callback(fake_game, "deploys")
-    assert len(fake_replicate.creates) == 1
-    assert len(fake_pika.generates) == 1
+    api.one_callback("deploys")
+    assert len(fakes.replicate.creates) == 1
+    assert len(fakes.pika.generates) == 1
 
 
-def test_janitor_reenqueues_a_request_whose_job_was_lost(client, fakes, start_process, redis) -> None:
-    submit(client, "lost")
+def test_janitor_reenqueues_a_request_whose_job_was_lost(api, fakes, start_process, redis) -> None:
+    api.submit("lost", expect=202)
     job_id = RequestIdentity("", "lost").job_id
     redis.delete(f"rq:job:{job_id}")
     redis.lrem("rq:queue:i2v", 0, job_id)
     start_process("worker")
     start_process("scheduler")
-    assert final_record(client, "lost", timeout=30)["status"] == "completed"
+    assert api.settled("lost", timeout=30)["status"] == "completed"
     assert redis.zscore(ACTIVE_KEY, RequestIdentity("", "lost").record_key) is None
 
 
-def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, redis, settings) -> None:
+def test_janitor_restarts_an_interrupted_callback(api, fakes, start_process, redis, settings) -> None:
     from jobs.store import RequestStore
 
-    _, _, fake_game = fakes
-    submit(client, "cbcrash")
+    api.submit("cbcrash", expect=202)
     store = RequestStore(redis, settings.record_ttl)
     key = RequestIdentity("", "cbcrash").record_key
     redis.delete(f"rq:job:{RequestIdentity('', 'cbcrash').job_id}")
@@ -292,35 +264,31 @@ def test_janitor_restarts_an_interrupted_callback(client, fakes, start_process, 
     store.claim(key, "callback_claim_1", 60)
     start_process("worker")
     start_process("scheduler")
-    assert one_callback(fake_game, "cbcrash") == FAILED
-    assert final_record(client, "cbcrash", timeout=30)["callback"]["status"] == "delivered"
+    assert api.one_callback("cbcrash") == FAILED
+    assert api.settled("cbcrash", timeout=30)["callback"]["status"] == "delivered"
 
 
-def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(
-    client, fakes, start_process, redis
-) -> None:
-    _, fake_pika, fake_game = fakes
-    submit(client, "limbo")
+def test_janitor_puts_back_a_job_whose_worker_died_between_dequeue_and_start(api, fakes, start_process, redis) -> None:
+    api.submit("limbo", expect=202)
     # A worker took the job off the queue (RQ moves it to an intermediate list) and died before it
     # marked the job started: the job still says queued, and no worker looks at that list in time.
     assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == RequestIdentity("", "limbo").job_id.encode()
     start_process("worker")
     start_process("scheduler")
-    assert final_record(client, "limbo", timeout=40)["status"] == "completed"
-    assert one_callback(fake_game, "limbo")["data"]["status"] == "COMPLETED"
-    assert len(fake_pika.generates) == 1
+    assert api.settled("limbo", timeout=40)["status"] == "completed"
+    assert api.one_callback("limbo")["data"]["status"] == "COMPLETED"
+    assert len(fakes.pika.generates) == 1
     assert redis.llen("rq:queue:i2v:intermediate") == 0
 
 
 def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
-    client, fakes, start_process, redis, settings
+    api, fakes, start_process, redis, settings
 ) -> None:
     from rq import Queue
 
     from jobs.store import RequestStore, enqueue_delivery
 
-    _, _, fake_game = fakes
-    submit(client, "limbo-cb")
+    api.submit("limbo-cb", expect=202)
     key = RequestIdentity("", "limbo-cb").record_key
     redis.delete(f"rq:job:{RequestIdentity('', 'limbo-cb').job_id}")
     redis.lrem("rq:queue:i2v", 0, RequestIdentity("", "limbo-cb").job_id)
@@ -330,20 +298,20 @@ def test_janitor_puts_back_a_callback_stranded_between_dequeue_and_start(
     assert redis.lmove("rq:queue:i2v", "rq:queue:i2v:intermediate") == delivery.id.encode()
     start_process("worker")
     start_process("scheduler")
-    assert one_callback(fake_game, "limbo-cb") == FAILED
-    assert final_record(client, "limbo-cb", timeout=40)["callback"]["status"] == "delivered"
+    assert api.one_callback("limbo-cb") == FAILED
+    assert api.settled("limbo-cb", timeout=40)["callback"]["status"] == "delivered"
 
 
 @pytest.mark.parametrize("count", [3])
-def test_status_eta_counts_the_queue(client, redis, fakes, count) -> None:
+def test_status_eta_counts_the_queue(api, redis, fakes, count) -> None:
     for n in range(count):
-        submit(client, f"eta-{n}")
-    etas = [status_of(client, f"eta-{n}")["eta_seconds"] for n in range(count)]
+        api.submit(f"eta-{n}", expect=202)
+    etas = [api.record(f"eta-{n}")["eta_seconds"] for n in range(count)]
     assert etas == sorted(etas) and etas[0] < etas[-1]
 
 
-def test_cli_status_cancel_and_redeliver(runner, client, fakes) -> None:
-    submit(client, "cli-1")
+def test_cli_status_cancel_and_redeliver(runner, api, fakes) -> None:
+    api.submit("cli-1", expect=202)
     out = runner.invoke(args=["i2v", "status", "cli-1"])
     assert out.exit_code == 0 and '"status": "queued"' in out.output
     out = runner.invoke(args=["i2v", "cancel", "cli-1"])

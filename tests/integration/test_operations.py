@@ -13,7 +13,6 @@ from config import settings_from
 from i2v_app import create_app
 from launch import free_port
 from tests.helpers import wait_for
-from tests.integration.test_pipeline import final_record, submit
 
 KEY = "dashboard-key-0123456789"
 ADMIN = "admin-key-0123456789abcdef"
@@ -29,7 +28,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, worker) -> None:
+def test_metrics_count_pipeline_outcomes_stages_and_callbacks(api, client, fakes, worker) -> None:
     # HTTP counters live in this test process for all apps it made: count from here on.
     before = (
         sample(
@@ -41,8 +40,8 @@ def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, wor
         )
         or 0
     )
-    submit(client, "m-1")
-    final_record(client, "m-1")
+    api.submit("m-1", expect=202)
+    api.settled("m-1")
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "i2v_jobs_total", outcome="completed") == 1
     assert sample(text, "i2v_callback_attempts_total", outcome="delivered") == 1
@@ -53,13 +52,12 @@ def test_metrics_count_pipeline_outcomes_stages_and_callbacks(client, fakes, wor
     assert sample(text, "i2v_http_requests_total", method="POST", route="/api/v1/i2v", status="202") == before + 1
 
 
-def test_metrics_count_provider_errors_by_kind(client, fakes, worker) -> None:
+def test_metrics_count_provider_errors_by_kind(api, client, fakes, worker) -> None:
     from tests.fakes import Fault
 
-    _, fake_pika, _ = fakes
-    fake_pika.add_fault("job", Fault.error(503))
-    submit(client, "m-2")
-    final_record(client, "m-2")
+    fakes.pika.add_fault("job", Fault.error(503))
+    api.submit("m-2", expect=202)
+    api.settled("m-2")
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "i2v_provider_errors_total", provider="pika", kind="server_error") == 1
 
@@ -68,7 +66,7 @@ def test_http_metrics_add_up_across_gunicorn_workers(start_process, fakes) -> No
     port = free_port()
     start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="3", GUNICORN_THREADS="1")
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ok(base + "/healthz"), timeout=20, what="gunicorn")
+    wait_for(lambda: _ok(base + "/healthz"), timeout=20, message="gunicorn")
     session = requests.Session()
     for _ in range(30):
         session.get(base + "/", headers={"Connection": "close"}, timeout=5)
@@ -83,8 +81,8 @@ def test_gunicorn_lines_follow_log_format(start_process, fakes, log_format: str)
     port = free_port()
     web = start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", LOG_FORMAT=log_format)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ok(base + "/healthz"), timeout=20, what="gunicorn")
-    wait_for(lambda: "GET /healthz" in web.output, timeout=10, what="the access line")
+    wait_for(lambda: _ok(base + "/healthz"), timeout=20, message="gunicorn")
+    wait_for(lambda: "GET /healthz" in web.output, timeout=10, message="the access line")
     lines = web.output.splitlines()
     if log_format == "text":
         stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"

@@ -19,8 +19,7 @@ from rq.results import Result
 from config import settings_from
 from i2v_app import create_app
 from launch import free_port
-from tests.conftest import REPLICATE_TOKEN
-from tests.helpers import ROOT, ServiceProcess, python_env, wait_for
+from tests.helpers import REPLICATE_TOKEN, ROOT, ServiceProcess, python_env, wait_for
 
 ADMIN = "admin-key-0123456789abcdef"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -212,7 +211,7 @@ def test_gunicorn_log_lines_mask_the_redis_password(start_process, tmp_path: Pat
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: web.proc.poll() is not None or _healthy(base + "/healthz"), timeout=30)
     assert requests.get(f"{base}/healthz?probe={REDIS_PASSWORD}", timeout=5).status_code == 200
-    wait_for(lambda: "probe=" in web.output, timeout=10, what="the access log line")
+    wait_for(lambda: "probe=" in web.output, timeout=10, message="the access log line")
     assert REDIS_PASSWORD not in web.output
     assert "probe=***" in web.output
 
@@ -220,7 +219,7 @@ def test_gunicorn_log_lines_mask_the_redis_password(start_process, tmp_path: Pat
 def test_tracebacks_rq_stores_never_contain_a_token(worker, redis: Redis) -> None:
     """A job failing with a token in its exception leaves a masked traceback in Redis."""
     job = Queue("i2v", connection=redis).enqueue("builtins.int", f"token {REPLICATE_TOKEN}")
-    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, timeout=30, what="the job to fail")
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, timeout=30, message="the job to fail")
     stored = Job.fetch(job.id, connection=redis)
     result = stored.latest_result()
     assert result is not None and "ValueError" in result.exc_string

@@ -15,46 +15,21 @@ PLAIN = "https://cdn.example.com/images/plane.jpg"
 ESCAPED = "https:&#x2F;&#x2F;cdn.example.com&#x2F;images&#x2F;plane.jpg"
 
 
-def submit(client, request_id: str, image: str = PLAIN) -> None:
-    resp = client.post("/api/v1/i2v", json={"image_id": image}, headers={"x-request-id": request_id})
-    assert resp.status_code == 202, resp.get_json()
-
-
-def final_record(client, request_id: str, timeout: float = 20) -> dict:
-    """Wait until the request is finished and its callback settled; return the status body."""
-
-    def settled():
-        body = client.get(f"/api/v1/i2v/{request_id}").get_json()
-        done = body["status"] in ("completed", "failed", "canceled") and body["callback"]["status"] != "pending"
-        return body if done else None
-
-    return wait_for(settled, timeout=timeout, what=f"{request_id} to finish")
-
-
-def one_callback(fake_game, request_id: str) -> dict:
-    wait_for(lambda: fake_game.callbacks_for(request_id), timeout=20, what="a callback")
-    callbacks = fake_game.callbacks_for(request_id)
-    assert len(callbacks) == 1, [c.json for c in callbacks]
-    assert callbacks[0].problems() == []
-    return callbacks[0].json
-
-
-def test_happy_path_calls_back_once_with_the_video(client, fakes, worker) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
-    submit(client, "happy", ESCAPED)
-    record = final_record(client, "happy")
+def test_happy_path_calls_back_once_with_the_video(api, fakes, worker) -> None:
+    api.submit("happy", ESCAPED, expect=202)
+    record = api.settled("happy")
     assert record["status"] == "completed"
-    body = one_callback(fake_game, "happy")
+    body = api.one_callback("happy")
     assert body == completed_callback(record["video_url"])
     assert record["video_url"].endswith("/Plane_fly_seed3183047765.mp4")
     # The escaped URL reached both providers unescaped, with the contract's inputs.
-    assert fake_replicate.creates == [{"image": PLAIN, "clip_model_name": "ViT-L-14/openai", "mode": "best"}]
-    [generate] = fake_pika.generates
+    assert fakes.replicate.creates == [{"image": PLAIN, "clip_model_name": "ViT-L-14/openai", "mode": "best"}]
+    [generate] = fakes.pika.generates
     assert generate["image"] == PLAIN
     assert generate["promptText"] == record["prompt"]
     assert generate["model"] == "1.5"
     assert generate["options"] == {"frameRate": 24, "parameters": {"motion": 2, "guidanceScale": 16}}
-    callback = fake_game.callbacks_for("happy")[0]
+    callback = fakes.game.callbacks_for("happy")[0]
     assert callback.headers["x-api-key"] == "game_test_key_0123456789"
     assert callback.headers["webhook-id"].startswith("msg_")
     assert record["callback"] == {
@@ -67,9 +42,9 @@ def test_happy_path_calls_back_once_with_the_video(client, fakes, worker) -> Non
     assert record["error"] is None
 
 
-def test_worker_logs_carry_request_id_and_duration_but_no_secrets(client, fakes, worker) -> None:
-    submit(client, "logged")
-    final_record(client, "logged")
+def test_worker_logs_carry_request_id_and_duration_but_no_secrets(api, fakes, worker) -> None:
+    api.submit("logged", expect=202)
+    api.settled("logged")
     lines = [json.loads(line) for line in worker.output.splitlines() if line.startswith("{")]
     steps = [line for line in lines if line.get("request_id") == "logged" and "duration_ms" in line]
     assert {line["message"] for line in steps} >= {"captioning ended", "submitting ended", "polling ended"}
@@ -77,11 +52,11 @@ def test_worker_logs_carry_request_id_and_duration_but_no_secrets(client, fakes,
         assert secret not in worker.output
 
 
-def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage(client, fakes, start_process) -> None:
+def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage(api, fakes, start_process) -> None:
     """LOG_FORMAT=text: our lines and RQ's own carry no JSON; ours name the request and its stage."""
     worker = start_process("worker", LOG_FORMAT="text")
-    submit(client, "readable")
-    final_record(client, "readable")
+    api.submit("readable", expect=202)
+    api.settled("readable")
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"
     line = wait_for(
         lambda: re.search(
@@ -90,7 +65,7 @@ def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage
             re.MULTILINE,
         ),
         timeout=10,
-        what="the text line of the polling step",
+        message="the text line of the polling step",
     )
     assert line
     # RQ's own lines, of the pool and of its workers, go through the same formatter.
@@ -101,99 +76,79 @@ def test_a_worker_with_text_logs_writes_readable_lines_with_request_id_and_stage
         assert secret not in worker.output
 
 
-def failed_with(client, fake_game, request_id: str, code: str) -> dict:
-    record = final_record(client, request_id)
-    assert record["status"] == "failed", record
-    assert record["error"]["code"] == code, record["error"]
-    assert one_callback(fake_game, request_id) == {
-        "data": {"addToInventory": False, "status": "FAILED", "output": None}
-    }
-    return record
-
-
 @pytest.mark.parametrize(
     ("outcome", "message"),
     [("failed", "failed"), ("canceled", "canceled"), ("empty", "empty")],
 )
-def test_caption_failures_end_in_one_failed_callback(client, fakes, worker, outcome, message) -> None:
-    fake_replicate, fake_pika, fake_game = fakes
-    fake_replicate.outcome = outcome
-    submit(client, f"cap-{outcome}")
-    record = failed_with(client, fake_game, f"cap-{outcome}", "caption_failed")
+def test_caption_failures_end_in_one_failed_callback(api, fakes, worker, outcome, message) -> None:
+    fakes.replicate.outcome = outcome
+    api.submit(f"cap-{outcome}", expect=202)
+    record = api.failed_with(f"cap-{outcome}", "caption_failed")
     assert message in record["error"]["message"]
-    assert fake_pika.generates == []
+    assert fakes.pika.generates == []
 
 
-def test_replicate_throttling_is_retried_then_succeeds(client, fakes, worker) -> None:
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.add_fault("create", Fault.throttled(retry_after=0.2), times=2)
-    fake_replicate.add_fault("get", Fault.error(503), times=1)
-    submit(client, "throttled")
-    assert final_record(client, "throttled")["status"] == "completed"
-    assert len(fake_replicate.creates) == 1
-    one_callback(fake_game, "throttled")
+def test_replicate_throttling_is_retried_then_succeeds(api, fakes, worker) -> None:
+    fakes.replicate.add_fault("create", Fault.throttled(retry_after=0.2), times=2)
+    fakes.replicate.add_fault("get", Fault.error(503), times=1)
+    api.submit("throttled", expect=202)
+    assert api.settled("throttled")["status"] == "completed"
+    assert len(fakes.replicate.creates) == 1
+    api.one_callback("throttled")
 
 
-def test_replicate_that_keeps_failing_gives_caption_failed(client, fakes, worker) -> None:
-    fake_replicate, _, fake_game = fakes
-    fake_replicate.add_fault("create", Fault.error(500), times=None)
-    submit(client, "r500")
-    failed_with(client, fake_game, "r500", "caption_failed")
+def test_replicate_that_keeps_failing_gives_caption_failed(api, fakes, worker) -> None:
+    fakes.replicate.add_fault("create", Fault.error(500), times=None)
+    api.submit("r500", expect=202)
+    api.failed_with("r500", "caption_failed")
 
 
-def test_pika_refusal_is_generation_failed_at_once(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", Fault.error(400, body={"error": "bad image"}))
-    submit(client, "p400")
-    failed_with(client, fake_game, "p400", "generation_failed")
-    assert len(fake_pika.requests_for("generate")) == 1
+def test_pika_refusal_is_generation_failed_at_once(api, fakes, worker) -> None:
+    fakes.pika.add_fault("generate", Fault.error(400, body={"error": "bad image"}))
+    api.submit("p400", expect=202)
+    api.failed_with("p400", "generation_failed")
+    assert len(fakes.pika.requests_for("generate")) == 1
 
 
-def test_pika_5xx_is_retried_twice_then_generation_failed(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", Fault.error(502), times=None)
-    submit(client, "p502")
-    failed_with(client, fake_game, "p502", "generation_failed")
-    assert len(fake_pika.requests_for("generate")) == 3
+def test_pika_5xx_is_retried_twice_then_generation_failed(api, fakes, worker) -> None:
+    fakes.pika.add_fault("generate", Fault.error(502), times=None)
+    api.submit("p502", expect=202)
+    api.failed_with("p502", "generation_failed")
+    assert len(fakes.pika.requests_for("generate")) == 3
 
 
-def test_pika_429_waits_and_retries(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", Fault.throttled(retry_after=0.2), times=3)
-    submit(client, "p429")
-    assert final_record(client, "p429")["status"] == "completed"
-    assert len(fake_pika.generates) == 1
-    one_callback(fake_game, "p429")
+def test_pika_429_waits_and_retries(api, fakes, worker) -> None:
+    fakes.pika.add_fault("generate", Fault.throttled(retry_after=0.2), times=3)
+    api.submit("p429", expect=202)
+    assert api.settled("p429")["status"] == "completed"
+    assert len(fakes.pika.generates) == 1
+    api.one_callback("p429")
 
 
 @pytest.mark.parametrize("kind", ["invalid_json", "wrong_shape"])
-def test_malformed_pika_submission_reply_is_generation_failed(client, fakes, worker, kind) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", Fault.garbage(kind))
-    submit(client, f"pmal-{kind}")
-    failed_with(client, fake_game, f"pmal-{kind}", "generation_failed")
+def test_malformed_pika_submission_reply_is_generation_failed(api, fakes, worker, kind) -> None:
+    fakes.pika.add_fault("generate", Fault.garbage(kind))
+    api.submit(f"pmal-{kind}", expect=202)
+    api.failed_with(f"pmal-{kind}", "generation_failed")
 
 
 @pytest.mark.parametrize("fault", [Fault.connection_reset(), Fault.slow(2.5)], ids=["reset", "timeout"])
-def test_lost_pika_answer_is_generation_unknown_without_resubmitting(client, fakes, worker, fault) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("generate", fault)
-    submit(client, "punknown")
-    failed_with(client, fake_game, "punknown", "generation_unknown")
-    assert len(fake_pika.requests_for("generate")) == 1
+def test_lost_pika_answer_is_generation_unknown_without_resubmitting(api, fakes, worker, fault) -> None:
+    fakes.pika.add_fault("generate", fault)
+    api.submit("punknown", expect=202)
+    api.failed_with("punknown", "generation_unknown")
+    assert len(fakes.pika.requests_for("generate")) == 1
 
 
 @pytest.mark.parametrize("outcome", ["failed", "error"])
-def test_failed_video_is_generation_failed(client, fakes, worker, outcome) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.outcome = outcome
-    submit(client, f"vid-{outcome}")
-    failed_with(client, fake_game, f"vid-{outcome}", "generation_failed")
+def test_failed_video_is_generation_failed(api, fakes, worker, outcome) -> None:
+    fakes.pika.outcome = outcome
+    api.submit(f"vid-{outcome}", expect=202)
+    api.failed_with(f"vid-{outcome}", "generation_failed")
 
 
-def test_poll_trouble_is_polled_through(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.duration = 0.8
+def test_poll_trouble_is_polled_through(api, fakes, worker) -> None:
+    fakes.pika.duration = 0.8
     faults = (
         Fault.error(500),
         Fault.throttled(0.1),
@@ -203,72 +158,66 @@ def test_poll_trouble_is_polled_through(client, fakes, worker) -> None:
         Fault.slow(2.5),  # past the read timeout
     )
     for fault in faults:
-        fake_pika.add_fault("job", fault)
-    submit(client, "polltrouble")
-    assert final_record(client, "polltrouble")["status"] == "completed"
-    one_callback(fake_game, "polltrouble")
+        fakes.pika.add_fault("job", fault)
+    api.submit("polltrouble", expect=202)
+    assert api.settled("polltrouble")["status"] == "completed"
+    api.one_callback("polltrouble")
 
 
-def test_generation_that_never_finishes_times_out(client, fakes, worker, settings) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.outcome = "never"
-    submit(client, "never")
-    record = failed_with(client, fake_game, "never", "generation_timeout")
-    polls = sum(fake_pika.polls.values())
+def test_generation_that_never_finishes_times_out(api, fakes, worker, settings) -> None:
+    fakes.pika.outcome = "never"
+    api.submit("never", expect=202)
+    record = api.failed_with("never", "generation_timeout")
+    polls = sum(fakes.pika.polls.values())
     # Polling starts after INITIAL_WAIT_TIME and stops at the deadline.
     assert 5 <= polls <= settings.max_check_time / settings.poll_interval + 3
     assert record["stage"] in ("delivering", None)
 
 
-def test_unknown_pika_job_is_generation_failed(client, fakes, worker) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.add_fault("job", Fault.error(404), times=None)
-    submit(client, "p404")
-    failed_with(client, fake_game, "p404", "generation_failed")
+def test_unknown_pika_job_is_generation_failed(api, fakes, worker) -> None:
+    fakes.pika.add_fault("job", Fault.error(404), times=None)
+    api.submit("p404", expect=202)
+    api.failed_with("p404", "generation_failed")
 
 
-def test_callback_is_retried_until_acknowledged(client, fakes, worker) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(500))
-    fake_game.add_fault("callback", Fault.throttled(retry_after=0.3))
-    submit(client, "cbretry")
-    record = final_record(client, "cbretry")
+def test_callback_is_retried_until_acknowledged(api, fakes, worker) -> None:
+    fakes.game.add_fault("callback", Fault.error(500))
+    fakes.game.add_fault("callback", Fault.throttled(retry_after=0.3))
+    api.submit("cbretry", expect=202)
+    record = api.settled("cbretry")
     assert record["callback"]["status"] == "delivered"
     assert record["callback"]["attempts"] == 3
-    attempts = fake_game.requests_for("callback")
+    attempts = fakes.game.requests_for("callback")
     assert len(attempts) == 3
     assert len({a.headers["webhook-id"] for a in attempts}) == 1
     # How long each retry waits is measured in test_failure_paths.py, with gaps a 1 s tick cannot blur.
-    assert len(fake_game.callbacks_for("cbretry")) == 1
+    assert len(fakes.game.callbacks_for("cbretry")) == 1
 
 
-def test_callback_gone_410_stops_at_once(client, fakes, worker) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(410), times=None)
-    submit(client, "cb410")
-    record = final_record(client, "cb410")
+def test_callback_gone_410_stops_at_once(api, fakes, worker) -> None:
+    fakes.game.add_fault("callback", Fault.error(410), times=None)
+    api.submit("cb410", expect=202)
+    record = api.settled("cb410")
     assert record["callback"] == {"status": "failed", "attempts": 1, "last_status_code": 410, "next_attempt_at": None}
 
 
-def test_callback_runs_out_of_retries(client, fakes, worker, settings) -> None:
-    _, _, fake_game = fakes
-    fake_game.add_fault("callback", Fault.error(503), times=None)
-    submit(client, "cbdead")
-    record = final_record(client, "cbdead")
+def test_callback_runs_out_of_retries(api, fakes, worker, settings) -> None:
+    fakes.game.add_fault("callback", Fault.error(503), times=None)
+    api.submit("cbdead", expect=202)
+    record = api.settled("cbdead")
     assert record["callback"]["status"] == "failed"
     assert record["callback"]["attempts"] == len(settings.callback_retry_delays) + 1
     assert record["status"] == "completed"
 
 
-def test_pika_concurrency_cap_makes_a_burst_wait(client, fakes, start_process) -> None:
-    _, fake_pika, fake_game = fakes
-    fake_pika.duration = 0.6
+def test_pika_concurrency_cap_makes_a_burst_wait(api, fakes, start_process) -> None:
+    fakes.pika.duration = 0.6
     for _ in range(3):
         start_process("worker", PIKA_MAX_CONCURRENCY="1")
     for n in range(3):
-        submit(client, f"capped-{n}")
-    wait_for(lambda: len(fake_game.callbacks) == 3, timeout=30, what="3 callbacks")
-    starts = sorted(r.at for r in fake_pika.requests_for("generate"))
+        api.submit(f"capped-{n}", expect=202)
+    wait_for(lambda: len(fakes.game.callbacks) == 3, timeout=30, message="3 callbacks")
+    starts = sorted(r.at for r in fakes.pika.requests_for("generate"))
     assert len(starts) == 3
     # One generation at a time: each submission waits for the previous video to be done.
     assert all(later - earlier >= 0.6 for earlier, later in itertools.pairwise(starts))

@@ -79,7 +79,7 @@ def test_a_dead_holders_lock_is_taken_over_within_seconds(redis, monkeypatch) ->
     started = time.monotonic()
     stand_in.start()
     try:
-        wait_for(lambda: queued(redis) == [job.id], timeout=10, what="the stand-in to move the job")
+        wait_for(lambda: queued(redis) == [job.id], timeout=10, message="the stand-in to move the job")
         assert time.monotonic() - started < 2 + 0.5 + 4  # TTL, a try, and room for a loaded machine
         assert redis.get(dead.lock_key).decode() != dead.token
     finally:
@@ -105,7 +105,7 @@ def test_the_mover_thread_outlives_an_unexpected_error(redis, monkeypatch) -> No
     mover = threading.Thread(target=run_movers, args=(redis, [QUEUE], stop, 0.2))
     mover.start()
     try:
-        wait_for(lambda: queued(redis) == [job.id], timeout=10, what="the job moved after the error")
+        wait_for(lambda: queued(redis) == [job.id], timeout=10, message="the job moved after the error")
     finally:
         stop.set()
         mover.join(timeout=5)

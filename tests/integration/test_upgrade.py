@@ -16,7 +16,6 @@ PLAIN = "https://cdn.example.com/images/plane.jpg"
 
 def test_jobs_enqueued_by_the_earlier_release_run_under_the_same_names(redis, settings, fakes, worker) -> None:
     """A queued pipeline job and a pending delivery job, by their old names and arguments, both finish."""
-    _, _, fake_game = fakes
     queue, store = Queue(settings.queue_name, connection=redis), RequestStore(redis, settings.record_ttl)
     finished_key = "i2v:req:2440c8e218147edf7b9123dc7bc09765366e3ca5"
     queued_key = "i2v:req:7f1aa8a5946f14ffb83ae8c17258e1761bd068e0"
@@ -37,11 +36,12 @@ def test_jobs_enqueued_by_the_earlier_release_run_under_the_same_names(redis, se
         return record if record and record.callback_status != "pending" else None
 
     assert (
-        wait_for(lambda: settled(finished_key), timeout=30, what="the old delivery job").callback_status == "delivered"
+        wait_for(lambda: settled(finished_key), timeout=30, message="the old delivery job").callback_status
+        == "delivered"
     )
-    ran = wait_for(lambda: settled(queued_key), timeout=60, what="the old pipeline job")
+    ran = wait_for(lambda: settled(queued_key), timeout=60, message="the old pipeline job")
     assert (ran.status, ran.callback_status) == ("completed", "delivered")
-    (failed,) = fake_game.callbacks_for("upgrade-cb")
+    (failed,) = fakes.game.callbacks_for("upgrade-cb")
     assert failed.headers["webhook-id"] == "msg_2440c8e218147edf7b9123dc7bc09765366e3ca5"
-    (completed,) = fake_game.callbacks_for("upgrade-run")
+    (completed,) = fakes.game.callbacks_for("upgrade-run")
     assert completed.headers["webhook-id"] == "msg_7f1aa8a5946f14ffb83ae8c17258e1761bd068e0"
