@@ -48,7 +48,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_REDOC_PATH="redoc",
         OPENAPI_REDOC_URL=settings.redoc_js_url,
         API_SPEC_OPTIONS={
-            "info": {"description": "Turns a still image into a marketing video and calls back once with the result."}
+            "info": {
+                "description": (
+                    "Turns a still image into a marketing video and calls back once with the result. "
+                    "Try it in a browser in the [playground](/playground)."
+                )
+            }
         },
         JSON_SORT_KEYS=False,
     )
@@ -63,12 +68,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key from I2V_API_KEYS"}
     )
     from i2v_app import api as api_module
-    from i2v_app import cli, dev, docs, media, meta
+    from i2v_app import cli, dev, docs, media, meta, playground
 
     api.register_blueprint(api_module.blp)
     api.register_blueprint(meta.blp)
     app.register_blueprint(docs.assets)
     app.register_blueprint(media.media)
+    app.register_blueprint(playground.playground)
     if settings.development:
         app.register_blueprint(dev.dev)
     register_error_handlers(app)
