@@ -70,6 +70,14 @@ class Settings:
     media_dir: str = "instance/media"
     media_ttl: int = 4 * 24 * 3600
     image_max_bytes: int = 20 * 1024 * 1024
+    #: Largest image ``POST /api/v1/uploads`` takes (the file itself; multipart framing is extra).
+    upload_max_bytes: int = 20 * 1024 * 1024
+    #: Seconds an uploaded image is kept and served.
+    upload_ttl: int = 24 * 3600
+    #: Bytes of uploads one API key may hold at once (counted until UPLOAD_TTL after its last upload).
+    upload_quota_bytes: int = 200 * 1024 * 1024
+    #: Seconds an upload's body may take to arrive: below gunicorn's 25 s worker timeout.
+    upload_read_deadline: float = 20.0
     local_video_seconds: float = 4.0
     local_video_fps: int = 24
 
@@ -312,6 +320,10 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "RECORD_TTL": ("record_ttl", True, 60, None),
     "MEDIA_TTL": ("media_ttl", True, 60, None),
     "IMAGE_MAX_BYTES": ("image_max_bytes", True, 1024, None),
+    "UPLOAD_MAX_BYTES": ("upload_max_bytes", True, 1024, 1024 * 1024 * 1024),
+    "UPLOAD_TTL": ("upload_ttl", True, 60, None),
+    "UPLOAD_QUOTA_BYTES": ("upload_quota_bytes", True, 1024, None),
+    "UPLOAD_READ_DEADLINE": ("upload_read_deadline", False, 1, 600),
     "LOCAL_VIDEO_SECONDS": ("local_video_seconds", False, 0.5, 30),
     "LOCAL_VIDEO_FPS": ("local_video_fps", True, 1, 60),
     "MAX_QUEUED": ("max_queued", True, 1, None),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import g
+from flask import Response, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -15,13 +18,16 @@ from i2v_app.errors import SafeJSONParser
 from i2v_app.intake import read_submission
 from i2v_app.schemas import (
     REQUEST_ID_PATTERN,
+    ListQuerySchema,
     RequestHeadersSchema,
+    RequestListSchema,
     RequestStatusSchema,
     SubmitReplySchema,
     SubmitSchema,
 )
+from jobs.identity import KEY_PREFIX
 from jobs.states import Status
-from jobs.store import Record
+from jobs.store import Position, Record
 
 blp = Blueprint("i2v", __name__, url_prefix="/api/v1/i2v", description="Image-to-video requests")
 blp.ARGUMENTS_PARSER = SafeJSONParser()
@@ -66,6 +72,7 @@ def present(record: Record) -> dict[str, Any]:
             "attempts": record.callback_attempts,
             "last_status_code": record.callback_last_status_code,
             "next_attempt_at": record.callback_next_attempt_at,
+            "history": record.callback_history,
         },
         "created_at": record.created_at,
         "updated_at": record.updated_at,
@@ -83,6 +90,26 @@ def find(request_id: str) -> Record:
     if record is None:
         abort(404, message=f"No request with id {request_id!r}")
     return record
+
+
+#: Caches may keep a status reply only for the key that read it, and must ask before reusing it.
+STATUS_HEADERS = {
+    "ETag": {"description": "Weak; changes with every write of the stored request", "schema": {"type": "string"}},
+    "Cache-Control": {"description": "private, no-cache", "schema": {"type": "string"}},
+    "Vary": {"description": "Authorization", "schema": {"type": "string"}},
+}
+
+
+def record_etag(record: Record) -> str:
+    """A weak ETag of the stored record: its key, version and last write (never the per-read ETA)."""
+    # updated_at as well as the version: records written before versions existed all read as 1.
+    text = f"{record.key}\x00{record.version}\x00{record.updated_at}"
+    return 'W/"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+
+def status_headers(record: Record) -> dict[str, str]:
+    """The caching headers of a status reply."""
+    return {"ETag": record_etag(record), "Cache-Control": "private, no-cache", "Vary": "Authorization"}
 
 
 def check_callback_url(url: str | None) -> None:
@@ -157,11 +184,20 @@ class RequestStatus(MethodView):
     """One request."""
 
     @secured
-    @blp.response(200, RequestStatusSchema)
+    @blp.response(200, RequestStatusSchema, headers=STATUS_HEADERS)
+    @blp.alt_response(304, response="NOT_MODIFIED")
     @blp.alt_response(404, response="NOT_FOUND")
-    def get(self, request_id: str) -> dict[str, Any]:
-        """Read a request's status, stage, result, callback delivery and ETA."""
-        return present(find(request_id))
+    def get(self, request_id: str) -> Response | tuple[dict[str, Any], int, dict[str, str]]:
+        """Read a request's status, stage, result, callback delivery and ETA.
+
+        The weak ``ETag`` changes whenever the stored request does (not when only the ETA moves):
+        send it back as ``If-None-Match`` to be answered 304 while nothing changed.
+        """
+        record = find(request_id)
+        headers = status_headers(record)
+        if request.if_none_match.contains_weak(headers["ETag"].removeprefix("W/").strip('"')):
+            return Response(status=304, headers=headers)
+        return present(record), 200, headers
 
     @secured
     @blp.response(202, RequestStatusSchema)
@@ -193,3 +229,45 @@ class Redelivery(MethodView):
             return present(lifecycle.redeliver(find(request_id))), 202
         except lifecycle.Conflict as exc:
             abort(409, message=str(exc))
+
+
+def encode_cursor(position: Position) -> str:
+    """An opaque cursor for a position in the caller's index."""
+    ms, key = position
+    return base64.urlsafe_b64encode(f"{ms}:{key.removeprefix(KEY_PREFIX)}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position a cursor holds, or a 422 problem for anything :func:`encode_cursor` did not make."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        ms, _, digest = text.partition(":")
+        if ms.isdigit() and len(digest) == 40 and all(c in "0123456789abcdef" for c in digest):
+            return int(ms), KEY_PREFIX + digest
+    except (binascii.Error, ValueError):
+        pass
+    abort(422, message="cursor: not a cursor this service gave out", errors={"cursor": ["not a valid cursor"]})
+    raise AssertionError("abort raises")  # for the type checker
+
+
+@blp.route("")
+class RequestList(MethodView):
+    """The caller's requests."""
+
+    @secured
+    @blp.arguments(ListQuerySchema, location="query")
+    @blp.response(200, RequestListSchema)
+    @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List this API key's requests, newest first.
+
+        Pages hold up to ``limit`` requests (default 20, at most 100); pass ``next_cursor`` back as
+        ``cursor`` for the next one. Requests created before this list existed are missing until
+        ``flask i2v reindex`` runs once; requests whose record expired are gone.
+        """
+        after = decode_cursor(query["cursor"]) if query["cursor"] else None
+        page = services.store().list_owned(owner(), limit=query["limit"], status=query["status"], after=after)
+        return {
+            "requests": [present(record) for record in page.records],
+            "next_cursor": encode_cursor(page.next_position) if page.next_position else None,
+        }

@@ -134,6 +134,13 @@ def list_requests(status_filter: str | None, limit: int) -> None:
         click.echo(f"{record.created_at}  {record.status:<10} {record.stage or '-':<11} {record.request_id}")
 
 
+@i2v.command("reindex")
+def reindex() -> None:
+    """Add requests made before the per-key list existed to it (run once after upgrading)."""
+    added = services.store().reindex()
+    click.echo(f"added {added} requests to their keys' lists")
+
+
 @i2v.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 def worker(burst: bool) -> None:

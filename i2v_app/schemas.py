@@ -127,6 +127,14 @@ class ErrorInfoSchema(Schema):
     message = fields.String(required=True)
 
 
+class CallbackAttemptSchema(Schema):
+    """One attempt to deliver a request's callback."""
+
+    at = fields.String(required=True, metadata={"format": "date-time", "description": "When it was sent"})
+    status_code = fields.Integer(allow_none=True, metadata={"description": "The receiver's answer; null if none came"})
+    error = fields.String(allow_none=True, metadata={"description": "Why no answer came (a timeout, no connection)"})
+
+
 class CallbackInfoSchema(Schema):
     """The state of a request's callback delivery."""
 
@@ -134,6 +142,11 @@ class CallbackInfoSchema(Schema):
     attempts = fields.Integer(required=True)
     last_status_code = fields.Integer(allow_none=True)
     next_attempt_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    history = fields.List(
+        fields.Nested(CallbackAttemptSchema),
+        required=True,
+        metadata={"description": "The attempts, oldest first: the last 20 (a redelivery adds to them)"},
+    )
 
 
 class RequestStatusSchema(Schema):
@@ -153,6 +166,43 @@ class RequestStatusSchema(Schema):
     updated_at = fields.String(required=True, metadata={"format": "date-time"})
     stages = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     eta_seconds = fields.Integer(allow_none=True)
+
+
+class ListQuerySchema(Schema):
+    """The query of the request list."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(
+        load_default=None,
+        validate=validate.OneOf([s.value for s in Status]),
+        metadata={"description": "Only requests with this status."},
+    )
+    limit = fields.Integer(
+        load_default=20, validate=validate.Range(1, 100), metadata={"description": "Requests per page, 1-100."}
+    )
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 256),
+        metadata={"description": "The next_cursor of the previous page, as it came."},
+    )
+
+
+class RequestListSchema(Schema):
+    """One page of the caller's requests, newest first."""
+
+    requests = fields.List(fields.Nested(RequestStatusSchema), required=True)
+    next_cursor = fields.String(
+        required=True, allow_none=True, metadata={"description": "Pass as cursor for the next page; null at the end."}
+    )
+
+
+class UploadReplySchema(Schema):
+    """Where an uploaded image is served, and until when."""
+
+    url = fields.String(required=True, metadata={"description": "Use as image_id; served to anyone who has it."})
+    expires_at = fields.String(required=True, metadata={"format": "date-time"})
 
 
 class ServiceInfoSchema(Schema):

@@ -84,7 +84,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     """
     redis = redis or resilient_redis(settings.redis_url)
     media = MediaStore(settings, redis)
-    images = ImageSource(settings)
+    images = ImageSource(settings, media)
     api = ReplicateAPI(settings)
 
     def keep(url: str, name: str) -> str:

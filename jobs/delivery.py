@@ -22,7 +22,7 @@ from jobs import metrics
 from jobs.clients.game import may_carry_key
 from jobs.context import Context, get_context
 from jobs.states import CallbackStatus, Stage, Status
-from jobs.store import DELIVERY_JOB, Record, callback_target, callback_url
+from jobs.store import CALLBACK_HISTORY_KEEP, DELIVERY_JOB, Record, callback_target, callback_url, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,12 @@ def delivery_target(ctx: Context, record: Record) -> tuple[str, dict[str, str]]:
     return url, headers
 
 
+def with_attempt(record: Record, at: str, status_code: int | None, error: str | None) -> list[dict[str, Any]]:
+    """The record's callback history with one more attempt, keeping the newest ``CALLBACK_HISTORY_KEEP``."""
+    entry = {"at": at, "status_code": status_code, "error": error}
+    return [*record.callback_history, entry][-CALLBACK_HISTORY_KEEP:]
+
+
 def claim_ttl(ctx: Context) -> float:
     """How long an attempt's claim holds: longer than any one attempt can take."""
     return ctx.settings.http_connect_timeout + ctx.settings.http_read_timeout + 5
@@ -80,7 +86,10 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
     except ValueError as exc:
         # Only a record from before such ids were refused gets here: nothing is sent, ever.
         log.error("callback not sent", extra={"request_id": record.request_id, "error": str(exc)})
-        ctx.store.update(key, callback_status=CallbackStatus.FAILED, callback_attempts=attempt, stage=None)
+        history = with_attempt(record, now_iso(), None, f"not sent: {exc}")
+        ctx.store.update(
+            key, callback_status=CallbackStatus.FAILED, callback_attempts=attempt, stage=None, callback_history=history
+        )
         ctx.store.settle(key)
         return
     body = json.dumps(callback_payload(record), separators=(",", ":")).encode()
@@ -92,11 +101,14 @@ def attempt_delivery(ctx: Context, key: str, attempt: int) -> None:
         headers["webhook-signature"] = sign(ctx.settings.callback_signing_secrets, msg_id, timestamp, body)
 
     started = time.monotonic()
+    sent_at = now_iso()
     result = ctx.game.post(url, body, headers)
     fields: dict[str, Any] = {
         "callback_attempts": attempt,
         "callback_last_status_code": result.status_code,
         "callback_next_attempt_at": None,
+        # The attempt holds this attempt's claim, so no other writer of the history runs meanwhile.
+        "callback_history": with_attempt(record, sent_at, result.status_code, result.error),
     }
     delays = ctx.settings.callback_retry_delays
     if result.delivered:

@@ -16,25 +16,21 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from contextlib import suppress
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import urllib3
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from jobs.clients.http import environment_proxy, proxy_manager, tls_options
+from jobs.images import BadImage, decode
 from jobs.urlpolicy import UnsafeURL, inspect_url, is_public_address, literal_address
 
 MAX_REDIRECTS = 5
-#: Largest picture decoded (about 8K x 5K); bigger ones are refused before decoding.
-MAX_PIXELS = 40_000_000
-#: The only image formats decoded: Pillow is never asked to open anything else (EPS would run Ghostscript).
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 CHUNK = 64 * 1024
 
 
@@ -300,15 +296,9 @@ def fetch(
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Decode image bytes as PNG, JPEG, WebP or GIF, refusing anything else."""
+    """Decode image bytes as PNG, JPEG, WebP or GIF, refusing anything else (see :mod:`jobs.images`)."""
     try:
-        with warnings.catch_warnings():
-            # A small file that decodes to a huge picture is refused, not decoded.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            if image.width * image.height > MAX_PIXELS:
-                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-            image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise FetchError(f"the URL did not return a readable image ({type(exc).__name__})") from None
+        image = decode(data)
+    except BadImage as exc:
+        raise FetchError(f"the URL did not return a readable image ({exc})") from None
     return image.convert("RGB")

@@ -9,10 +9,16 @@ Videos are written as they stream in and read back in slices: neither the worker
 provider's video nor the web serving one holds a whole video in memory. In Redis a video is one
 string, written chunk by chunk under a temporary key and renamed into place when complete, and
 read with ``GETRANGE``.
+
+Uploaded images (``POST /api/v1/uploads``) live in the same store under a random name with their
+format's extension, ``uploads/<name>.<ext>`` on disk or ``i2v:upload:<name>.<ext>`` in Redis, for
+``UPLOAD_TTL``. Their URL is ``PUBLIC_BASE_URL/uploads/<name>.<ext>``; the worker recognises it and
+reads the image from here, never over HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -31,6 +37,33 @@ _NAME = re.compile(r"[0-9a-f]{40}")
 REDIS_PREFIX = "i2v:media:"
 #: Bytes per Redis command when a video is written or read in slices.
 REDIS_CHUNK = 1024 * 1024
+
+
+#: Redis prefix of uploaded images, and the URL path (and disk directory) they are served from.
+UPLOAD_PREFIX = "i2v:upload:"
+UPLOAD_PATH = "/uploads/"
+UPLOAD_DIR = "uploads"
+_UPLOAD_NAME = re.compile(r"[0-9a-f]{40}\.(png|jpg|webp|gif)")
+
+
+def valid_upload_name(name: str) -> bool:
+    """Whether ``name`` can be an upload's name (``<40 hex>.<ext>``), which guards paths and keys."""
+    return bool(_UPLOAD_NAME.fullmatch(name))
+
+
+def new_upload_name(extension: str) -> str:
+    """A fresh, unguessable upload name (160 random bits) with ``extension``."""
+    return f"{secrets.token_hex(20)}.{extension}"
+
+
+def upload_name(url: str, public_base_url: str) -> str | None:
+    """The upload name of ``url`` when it is one of this service's upload URLs, else None."""
+    base = public_base_url.rstrip("/")
+    prefix = f"{base}{UPLOAD_PATH}"
+    if not base or not url.startswith(prefix):
+        return None
+    name = url[len(prefix) :]
+    return name if valid_upload_name(name) else None
 
 
 #: Where the deployment's own name key lives when ``MEDIA_NAME_SECRET`` is unset.
@@ -101,6 +134,52 @@ class MediaStore:
         finally:
             partial.unlink(missing_ok=True)
 
+    def upload_url(self, name: str) -> str:
+        """The absolute public URL of an uploaded image."""
+        return f"{self.settings.public_base_url.rstrip('/')}{UPLOAD_PATH}{name}"
+
+    def save_upload(self, name: str, data: bytes) -> None:
+        """Store an uploaded image for ``UPLOAD_TTL`` (written aside and moved into place on disk)."""
+        if self.settings.media_store == "redis":
+            self.redis.set(UPLOAD_PREFIX + name, data, ex=self.settings.upload_ttl)
+            return
+        directory = self.directory / UPLOAD_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        try:
+            partial.write_bytes(data)
+            partial.replace(directory / name)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def read_upload(self, name: str) -> bytes | None:
+        """An uploaded image's bytes, or None when it is unknown or older than ``UPLOAD_TTL``."""
+        if not valid_upload_name(name):
+            return None
+        if self.settings.media_store == "redis":
+            data = self.redis.get(UPLOAD_PREFIX + name)
+            return bytes(data) if data is not None else None
+        path = self.directory / UPLOAD_DIR / name
+        try:
+            # The janitor deletes old files only every JANITOR_INTERVAL: an expired one is gone already.
+            if path.stat().st_mtime < time.time() - self.settings.upload_ttl:
+                return None
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def upload_exists(self, name: str) -> bool:
+        """Whether an uploaded image is stored (and not expired) under ``name``."""
+        if not valid_upload_name(name):
+            return False
+        if self.settings.media_store == "redis":
+            return bool(self.redis.exists(UPLOAD_PREFIX + name))
+        path = self.directory / UPLOAD_DIR / name
+        try:
+            return path.stat().st_mtime >= time.time() - self.settings.upload_ttl
+        except FileNotFoundError:
+            return False
+
     def exists(self, name: str) -> bool:
         """Whether a video is stored under ``name``."""
         if self.settings.media_store == "redis":
@@ -121,18 +200,25 @@ class MediaStore:
         return path if path.is_file() else None
 
     def expire(self) -> int:
-        """Delete disk videos older than ``MEDIA_TTL`` (Redis expires its own); returns how many.
+        """Delete disk videos older than ``MEDIA_TTL`` and uploads older than ``UPLOAD_TTL``; returns how many.
 
-        Partial files that old are deleted too: a worker killed in the middle of a copy leaves one.
+        Redis expires its own. Partial files that old are deleted too: a worker killed in the
+        middle of a copy leaves one.
         """
         if self.settings.media_store == "redis" or not self.directory.is_dir():
             return 0
-        cutoff = time.time() - self.settings.media_ttl
         removed = 0
-        for path in [*self.directory.glob("*.mp4"), *self.directory.glob(".*.part")]:
-            if path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
+        uploads = self.directory / UPLOAD_DIR
+        for paths, ttl in (
+            ([*self.directory.glob("*.mp4"), *self.directory.glob(".*.part")], self.settings.media_ttl),
+            (list(uploads.glob("*")) if uploads.is_dir() else [], self.settings.upload_ttl),
+        ):
+            cutoff = time.time() - ttl
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    if path.is_file() and path.stat().st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+                        removed += 1
         return removed
 
 

@@ -30,7 +30,7 @@ from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from jobs.identity import RequestIdentity
+from jobs.identity import KEY_PREFIX, RequestIdentity
 from jobs.states import TERMINAL, CallbackStatus, Stage, Status, lua_is_one_of
 
 #: Jobs are enqueued by dotted name so the web process never imports worker code.
@@ -42,6 +42,12 @@ PIPELINE_RETRIES = 5
 
 #: Records whose request or callback is not settled yet (sorted by creation): what the janitor checks.
 ACTIVE_KEY = "i2v:active"
+#: Prefix of an owner's index: a sorted set of its record keys scored by creation time in milliseconds.
+OWNER_INDEX_PREFIX = "i2v:owner:"
+#: Callback attempts a record keeps (the newest); older ones are dropped.
+CALLBACK_HISTORY_KEEP = 20
+#: Index entries one list page looks at, at most, when a status filter skips most of them.
+LIST_SCAN_CAP = 1000
 
 # Start delivery over after a callback ran out of retries: forget the attempts and their claims.
 _RESET_CALLBACK = f"""
@@ -53,6 +59,7 @@ for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 redis.call('HSET', KEYS[1], 'callback_status', '{CallbackStatus.PENDING}', 'callback_attempts', '0',
            'callback_next_attempt_at', ARGV[1], 'stage', '{Stage.DELIVERING}', 'updated_at', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
 """
@@ -70,8 +77,11 @@ return 1
 # Queue.enqueue_job adds (a test holds the two equal).
 # The target claim is taken here too, unless a live record of another owner holds it; a claim
 # whose record is gone (expired) is stale and taken over.
+# The record key also goes into its owner's index, scored by the creation time in milliseconds;
+# entries created more than a record TTL ago are trimmed there, and the index expires with its
+# newest entry's record.
 # KEYS: record, active index, RQ queue list, RQ workers-by-queue set, RQ job hash, RQ queues set,
-#       target claim ("" for none)
+#       target claim ("" for none), owner index
 # ARGV: max queued, record TTL, now, job id, n, <n record field/value parts>, <job field/value parts>
 _CREATE = """
 local existing = redis.call('HGETALL', KEYS[1])
@@ -87,16 +97,23 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if KEYS[7] ~= '' then redis.call('SET', KEYS[7], KEYS[1], 'EX', ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+local ms = math.floor(tonumber(ARGV[3]) * 1000)
+redis.call('ZADD', KEYS[8], string.format('%d', ms), KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. string.format('%d', ms - tonumber(ARGV[2]) * 1000))
+redis.call('EXPIRE', KEYS[8], ARGV[2])
 redis.call('HSET', KEYS[5], unpack(ARGV, 6 + n, #ARGV))
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[6], KEYS[3])
 return {1, depth, redis.call('SCARD', KEYS[4])}
 """
 
-# Write fields of a record and refresh its TTL, and that of its target claim while it holds it.
+# Write fields of a record, count its version up, and refresh its TTL, and that of its target
+# claim while it holds it. Every script that changes what a record shows counts the version up:
+# the status reply's ETag is made from it.
 # KEYS: record; ARGV: TTL, <field/value parts>
 _UPDATE = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local claim = redis.call('HGET', KEYS[1], 'target_claim')
 if claim and claim ~= '' and redis.call('GET', claim) == KEYS[1] then redis.call('EXPIRE', claim, ARGV[1]) end
@@ -109,6 +126,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if {lua_is_one_of("status", TERMINAL)} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 """
 
@@ -194,12 +212,17 @@ class Record:
     submitted_at: float | None = None
     caption_started_at: float | None = None
     stages: dict[str, str] = field(default_factory=dict)
+    #: The callback's attempts, oldest first, at most CALLBACK_HISTORY_KEEP: ``{"at", "status_code", "error"}``.
+    callback_history: list[dict[str, Any]] = field(default_factory=list)
+    #: Counted up by every write (see ``_UPDATE``); with ``updated_at`` it makes the status ETag.
+    version: int = 1
     cancel_requested: bool = False
     #: A provider create/submit was sent and its answer not yet saved (see the pipeline).
     caption_inflight: bool = False
     submit_inflight: bool = False
 
-    _INTS = ("provider_progress", "callback_attempts", "callback_last_status_code")
+    _INTS = ("provider_progress", "callback_attempts", "callback_last_status_code", "version")
+    _JSON = ("stages", "callback_history")
     _FLOATS = ("submitted_at", "caption_started_at")
     _BOOLS = ("cancel_requested", "caption_inflight", "submit_inflight")
 
@@ -241,7 +264,7 @@ def encode_field(name: str, value: Any) -> str:
     """Encode one record field for a Redis hash."""
     if value is None:
         return ""
-    if name == "stages":
+    if name in Record._JSON:
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, bool):
         return "1" if value else ""
@@ -250,8 +273,8 @@ def encode_field(name: str, value: Any) -> str:
 
 def decode_field(name: str, text: str) -> Any:
     """Decode one record field from a Redis hash."""
-    if name == "stages":
-        return json.loads(text) if text else {}
+    if name in Record._JSON:
+        return json.loads(text) if text else ({} if name == "stages" else [])
     if name in Record._BOOLS:
         return text == "1"
     if text == "":
@@ -303,6 +326,23 @@ def enqueue_delivery(queue: Queue, identity: RequestIdentity, attempt: int = 1) 
     )
 
 
+def owner_index_key(owner: str) -> str:
+    """The Redis key of ``owner``'s index of requests (owners are key ids, or empty without authentication)."""
+    return OWNER_INDEX_PREFIX + owner
+
+
+#: A position in an owner's index: (creation time in ms, record key), the last entry a page looked at.
+Position = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an owner's requests, newest first, and where the next page starts (None: no more)."""
+
+    records: list[Record]
+    next_position: Position | None
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -346,7 +386,7 @@ class RequestStore:
         for pair in job.to_dict().items():
             argv += pair
         keys = [record.key, ACTIVE_KEY, queue.key, WORKERS_BY_QUEUE_KEY % queue.name, job.key, Queue.redis_queues_keys]
-        keys.append(record.target_claim or "")
+        keys += [record.target_claim or "", owner_index_key(record.owner)]
         result = self._run_create(keys, argv)
         outcome = int(result[0])
         if outcome == 0:
@@ -460,6 +500,90 @@ class RequestStore:
             False unless the callback's status was ``failed``.
         """
         return self._reset_callback(keys=[key, ACTIVE_KEY], args=[now_iso(), time.time()]) == 1
+
+    def list_owned(self, owner: str, *, limit: int, status: str | None = None, after: Position | None = None) -> Page:
+        """``owner``'s requests, newest first (ties by record key, descending), from its index; never a SCAN.
+
+        Entries whose record has expired are dropped from the index as they are met. With a
+        ``status`` filter a page looks at no more than :data:`LIST_SCAN_CAP` entries, so it may
+        hold fewer than ``limit`` records and still have a next position.
+
+        Args:
+            owner: whose requests.
+            limit: records on the page, at least 1.
+            status: only requests with this status.
+            after: the position where the previous page stopped.
+        """
+        index = owner_index_key(owner)
+        records: list[Record] = []
+        stale: list[str] = []
+        position = after
+        looked = 0
+        more = True
+        while more and len(records) < limit and looked < LIST_SCAN_CAP:
+            want = min(limit - len(records), LIST_SCAN_CAP - looked) + 1  # one extra tells if more follow
+            entries = self._index_after(index, position, want)
+            more = len(entries) == want
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key, _ in entries:
+                    pipe.hgetall(key)
+                raws = pipe.execute()
+            for (key, score), raw in zip(entries, raws, strict=True):
+                if len(records) == limit or looked == LIST_SCAN_CAP:
+                    more = True
+                    break
+                looked += 1
+                position = (score, key)
+                if not raw:
+                    stale.append(key)
+                    continue
+                record = Record.from_redis(raw)
+                if status is None or record.status == status:
+                    records.append(record)
+        if stale:
+            self.redis.zrem(index, *stale)
+        return Page(records, position if more else None)
+
+    def reindex(self) -> int:
+        """Add every stored record to its owner's index (records created before the index existed).
+
+        A one-off after an upgrade (``flask i2v reindex``): it SCANs every record key, which the list
+        itself never does. Entries already there are left as they are; returns how many were added.
+        """
+        added = 0
+        for raw_key in self.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+            key = _text(raw_key)
+            owner, created = self.redis.hmget(key, "owner", "created_at")
+            if created is None:
+                continue  # expired meanwhile, or not a record
+            try:
+                when = datetime.fromisoformat(_text(created).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            index = owner_index_key(_text(owner or b""))
+            with self.redis.pipeline() as pipe:
+                pipe.zadd(index, {key: int(when.timestamp() * 1000)}, nx=True)
+                pipe.expire(index, self.ttl)
+                new, _ = pipe.execute()
+            added += int(new)
+        return added
+
+    def _index_after(self, index: str, after: Position | None, count: int) -> list[tuple[str, int]]:
+        """Up to ``count`` (record key, ms) entries of ``index`` after ``after``, newest first, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            if after is None:
+                pipe.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+            else:
+                score, key = after
+                # Entries tied with the position come first (highest key first), then older ones.
+                pipe.zrevrangebyscore(index, score, score, withscores=True)
+                pipe.zrevrangebyscore(index, f"({score}", "-inf", start=0, num=count, withscores=True)
+            replies = pipe.execute()
+        entries = [(_text(member), int(ms)) for reply in replies for member, ms in reply]
+        if after is not None:
+            score, key = after
+            entries = [(k, ms) for k, ms in entries if ms != score or k < key]
+        return entries[:count]
 
     def settle(self, key: str) -> None:
         """Take a record whose callback is delivered or given up off the janitor's list."""

@@ -18,7 +18,7 @@ from config import Settings
 from jobs.clients.pika import VideoState
 from jobs.errors import CaptionFailed, GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
-from jobs.media import MediaStore
+from jobs.media import MediaStore, upload_name
 from jobs.titles import title_from_prompt
 
 NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -69,15 +69,26 @@ def describe(image: Image.Image) -> str:
 
 
 class ImageSource:
-    """Downloads images under the URL rules, ``IMAGE_MAX_BYTES``, the HTTP timeouts and ``DOWNLOAD_DEADLINE``."""
+    """Downloads images under the URL rules, ``IMAGE_MAX_BYTES``, the HTTP timeouts and ``DOWNLOAD_DEADLINE``.
 
-    def __init__(self, settings: Settings) -> None:
+    The service's own uploads (``PUBLIC_BASE_URL/uploads/...``) are read from the media store
+    instead: never over HTTP, so they work however the public address routes (or does not).
+    """
+
+    def __init__(self, settings: Settings, media: MediaStore | None = None) -> None:
         self.settings = settings
+        self.media = media
 
     def load(self, url: str, failure: type[Exception]) -> Image.Image:
         """Fetch and decode the image at ``url``; ``failure`` is raised with the reason."""
         s = self.settings
+        upload = upload_name(url, s.public_base_url) if self.media is not None else None
         try:
+            if upload is not None and self.media is not None:
+                stored = self.media.read_upload(upload)
+                if stored is None:
+                    raise failure(f"the uploaded image {upload} has expired (UPLOAD_TTL) or never existed")
+                return open_image(stored)
             data = fetch(
                 url,
                 max_bytes=s.image_max_bytes,
