@@ -402,11 +402,10 @@ function renderCallback(record) {
   const list = $("callback-attempts");
   if (Array.isArray(callback.history)) {
     list.replaceChildren(
-      ...callback.history.map((attempt, index) => {
+      ...callback.history.map((attempt) => {
         const outcome = attempt.status_code != null ? `HTTP ${attempt.status_code}` : attempt.error || "no answer";
         const li = el("li", { dataset: { statusCode: attempt.status_code ?? "" } });
         li.append(
-          el("span", { text: `#${index + 1} ` }),
           el("time", { datetime: attempt.at, text: clock(attempt.at) }),
           el("span", { text: ` ${outcome}` }),
         );
