@@ -68,12 +68,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key from I2V_API_KEYS"}
     )
     from i2v_app import api as api_module
-    from i2v_app import cli, dev, docs, media, meta, playground
+    from i2v_app import cli, dev, docs, media, meta, playground, uploads
 
     api.register_blueprint(api_module.blp)
+    api.register_blueprint(uploads.blp)
     api.register_blueprint(meta.blp)
     app.register_blueprint(docs.assets)
     app.register_blueprint(media.media)
+    app.register_blueprint(uploads.served)
     app.register_blueprint(playground.playground)
     if settings.development:
         app.register_blueprint(dev.dev)

@@ -1,7 +1,10 @@
 """Development conveniences (``I2V_ENV=development`` only): a callback receiver and a sample image.
 
 ``make run`` points ``CALLBACK_API_URL`` at ``/dev/callbacks/{request_id}`` when no GAME key is set,
-so a newcomer sees every callback at ``GET /dev/callbacks`` without any account.
+so a newcomer sees every callback at ``GET /dev/callbacks`` without any account. The receiver can
+be steered: ``POST /dev/callbacks/answers`` with ``{"status": 500, "count": 2}`` answers the next two
+deliveries with 500 (retried) and 410 fails a callback at once, so retries and redelivery can be
+seen without a misbehaving receiver of one's own.
 """
 
 from __future__ import annotations
@@ -14,19 +17,33 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from PIL import Image, ImageDraw
 
 from i2v_app import services
+from i2v_app.errors import problem
 from jobs.store import now_iso
 
 dev = Blueprint("dev", __name__, url_prefix="/dev")
 
 CALLBACKS_KEY = "i2v:dev:callbacks"
 KEEP = 1000
+#: The steered answer: a hash of the status to answer with and how many deliveries are left.
+ANSWERS_KEY = "i2v:dev:answers"
+MAX_STEERED = 1000
+
+# Take one steered answer, atomically: several workers may deliver at once.
+_TAKE_ANSWER = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if redis.call('HINCRBY', KEYS[1], 'count', -1) <= 0 then redis.call('DEL', KEYS[1]) end
+return tonumber(status)
+"""
 #: Headers worth showing; everything else is transport noise.
 SHOWN_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 @dev.post("/callbacks/<request_id>")
 def receive(request_id: str) -> tuple[Response, int]:
-    """Receive a callback, as GAME would, and keep it for ``GET /dev/callbacks``."""
+    """Receive a callback, as GAME would (or as it was told to answer), and keep it for ``GET /dev/callbacks``."""
+    steered = int(services.redis().eval(_TAKE_ANSWER, 1, ANSWERS_KEY))
+    answer = steered or 200
     raw = request.get_data(as_text=True)
     try:
         body: Any = json.loads(raw)
@@ -38,12 +55,55 @@ def receive(request_id: str) -> tuple[Response, int]:
         "headers": {k: v for k, v in request.headers.items() if k.lower() in SHOWN_HEADERS},
         "api_key_sent": "x-api-key" in request.headers,
         "body": body,
+        "answered": answer,
     }
     with services.redis().pipeline() as pipe:
         pipe.rpush(CALLBACKS_KEY, json.dumps(entry))
         pipe.ltrim(CALLBACKS_KEY, -KEEP, -1)
         pipe.execute()
-    return jsonify({"ok": True}), 200
+    return jsonify({"ok": not steered, "steered": bool(steered)}), answer
+
+
+def current_answers() -> dict[str, Any]:
+    """What the receiver was told: ``{"status": int | None, "count": int}``."""
+    status, count = services.redis().hmget(ANSWERS_KEY, "status", "count")
+    return {"status": int(status) if status else None, "count": int(count) if status and count else 0}
+
+
+@dev.post("/callbacks/answers")
+def steer() -> tuple[Response, int] | Response:
+    """Answer the next ``count`` deliveries with ``status``: ``{"status": 410, "count": 1}``.
+
+    A callback for the request id ``answers`` arrives here too (the literal route wins); it is
+    told apart by its ``webhook-id`` header and received like any other.
+    """
+    if "webhook-id" in request.headers:
+        return receive("answers")
+    data = request.get_json(silent=True)
+    status = data.get("status") if isinstance(data, dict) else None
+    count = data.get("count", 1) if isinstance(data, dict) else None
+    if type(status) is not int or not 200 <= status <= 599:
+        return problem(422, "status must be an HTTP status code from 200 to 599", errors={"status": ["invalid"]})
+    if type(count) is not int or not 1 <= count <= MAX_STEERED:
+        return problem(422, f"count must be a whole number from 1 to {MAX_STEERED}", errors={"count": ["invalid"]})
+    with services.redis().pipeline() as pipe:
+        pipe.delete(ANSWERS_KEY)
+        pipe.hset(ANSWERS_KEY, mapping={"status": status, "count": count})
+        pipe.execute()
+    return jsonify(current_answers())
+
+
+@dev.get("/callbacks/answers")
+def show_answers() -> Response:
+    """What the receiver was told to answer, and for how many more deliveries."""
+    return jsonify(current_answers())
+
+
+@dev.delete("/callbacks/answers")
+def reset_answers() -> Response:
+    """Answer every delivery with 200 again."""
+    services.redis().delete(ANSWERS_KEY)
+    return jsonify(current_answers())
 
 
 @dev.get("/callbacks")

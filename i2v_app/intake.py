@@ -18,6 +18,7 @@ from webargs.flaskparser import FlaskParser
 
 from i2v_app import services
 from i2v_app.schemas import REQUEST_ID_PATTERN, RequestHeadersSchema, SubmitSchema, unescape_url
+from jobs.media import upload_name
 from jobs.urlpolicy import UnsafeURL, check_image_url
 
 
@@ -41,7 +42,8 @@ def read_submission(parser: FlaskParser) -> Submission:
         request_id = parser.parse(RequestHeadersSchema(), request, location="headers")["request_id"]
     settings = services.settings()
     body = quick_body(request.get_data(cache=True), settings.image_host_allowlist, settings.callback_url_allowlist)
-    if body is None:
+    if body is None or upload_name(body["image_id"], settings.public_base_url):
+        # An upload's URL has rules of its own (still stored, reachable by the providers): the schema's.
         body = parser.parse(SubmitSchema(), request, location="json")
     return Submission(request_id, body["image_id"], body.get("callback_url"))
 

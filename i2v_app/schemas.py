@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
+from jobs.media import MediaStore, upload_name, upload_reach_problem
 from jobs.states import CallbackStatus, Stage, Status
 from jobs.urlpolicy import MAX_URL_LENGTH, UnsafeURL, check_image_url
 
@@ -44,11 +45,37 @@ def _settings_tuple(name: str) -> tuple[str, ...]:
 
 
 def validate_image_url(value: str) -> None:
-    """Public http(s) URLs only (hosts in ``IMAGE_HOST_ALLOWLIST`` excepted)."""
+    """Public http(s) URLs only (hosts in ``IMAGE_HOST_ALLOWLIST`` excepted), or this service's own uploads.
+
+    An upload's URL is taken whatever its host (the worker reads it from the media store), as long
+    as the upload is still stored and every provider that has to fetch it can.
+    """
+    problem = upload_url_problem(value)
+    if problem is not None:
+        if problem:
+            raise ValidationError(problem)
+        return
     try:
         check_image_url(value, _settings_tuple("image_host_allowlist"))
     except UnsafeURL as exc:
         raise ValidationError(str(exc)) from None
+
+
+def upload_url_problem(url: str) -> str | None:
+    """For one of this service's upload URLs, why it cannot be used ("" if it can); None for other URLs."""
+    if not has_app_context():
+        return None
+    extensions = current_app.extensions["i2v"]
+    settings = extensions["settings"]
+    name = upload_name(url, settings.public_base_url)
+    if name is None:
+        return None
+    reason = upload_reach_problem(settings)
+    if reason:
+        return reason
+    if not MediaStore(settings, extensions["redis"]).upload_exists(name):
+        return "this upload has expired (UPLOAD_TTL) or never existed; upload the image again"
+    return ""
 
 
 def validate_callback_url(value: str) -> None:

@@ -32,6 +32,7 @@ from typing import IO
 from redis import Redis
 
 from config import Settings
+from jobs.urlpolicy import UnsafeURL, inspect_url
 
 _NAME = re.compile(r"[0-9a-f]{40}")
 REDIS_PREFIX = "i2v:media:"
@@ -64,6 +65,39 @@ def upload_name(url: str, public_base_url: str) -> str | None:
         return None
     name = url[len(prefix) :]
     return name if valid_upload_name(name) else None
+
+
+def remote_fetchers(settings: Settings) -> list[str]:
+    """The configured backends that fetch a request's image themselves, over the internet."""
+    fetchers = []
+    if settings.caption_backend == "replicate":
+        fetchers.append("CAPTION_BACKEND=replicate")
+    if settings.video_backend in ("pika", "replicate"):
+        fetchers.append(f"VIDEO_BACKEND={settings.video_backend}")
+    return fetchers
+
+
+def upload_reach_problem(settings: Settings) -> str | None:
+    """Why a provider could not fetch an uploaded image from this service, or None if it can.
+
+    Uploads are served under ``PUBLIC_BASE_URL``; a remote backend fetches them from there, which
+    it cannot do when that address is unset, loopback, private or a local name. Better refused at
+    once than failed minutes later.
+    """
+    fetchers = remote_fetchers(settings)
+    if not fetchers:
+        return None  # the local backends read uploads from the media store
+    who = " and ".join(fetchers)
+    if not settings.public_base_url:
+        return f"uploads are off: {who} must fetch the image from PUBLIC_BASE_URL, which is unset"
+    try:
+        inspect_url(f"{settings.public_base_url.rstrip('/')}/")
+    except UnsafeURL:
+        return (
+            f"uploads are off: {who} must fetch the image from PUBLIC_BASE_URL ({settings.public_base_url}), "
+            "a loopback, private or local address the provider cannot reach"
+        )
+    return None
 
 
 #: Where the deployment's own name key lives when ``MEDIA_NAME_SECRET`` is unset.

@@ -36,6 +36,8 @@ INVALID = GenerationMode.NEGATIVE
 #: Every operation of the spec, with the kinds of input it can be fuzzed with (no input: nothing to make invalid).
 OPERATIONS = {
     ("POST", "/api/v1/i2v"): (VALID, INVALID),
+    ("GET", "/api/v1/i2v"): (VALID, INVALID),
+    ("POST", "/api/v1/uploads"): (VALID, INVALID),
     ("GET", "/api/v1/i2v/{request_id}"): (VALID, INVALID),
     ("DELETE", "/api/v1/i2v/{request_id}"): (VALID, INVALID),
     ("POST", "/api/v1/i2v/{request_id}/callback"): (VALID, INVALID),
