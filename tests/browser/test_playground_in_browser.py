@@ -378,19 +378,25 @@ def test_upload_submit_watch_the_stages_and_play_the_video(
 
     # The key's recent requests list it, with the uploaded image as its thumbnail.
     by_id(browser, "refresh-recent").click()
-    item = wait(browser).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, f"#recent button[data-request-id='{request_id}']")
-    )[0]
-    thumb = item.find_element(By.CSS_SELECTOR, "img.thumb")
-    assert thumb.get_attribute("src") == uploaded
-    assert thumb.get_attribute("referrerpolicy") == "no-referrer"
+    # Read in one script: the page rebuilds the list whenever it reloads it.
+    thumb = wait(browser).until(
+        lambda d: d.execute_script(
+            "const img = document.querySelector(`#recent button[data-request-id='${arguments[0]}'] img.thumb`);"
+            "return img && img.closest('button').querySelector('.badge').textContent === 'completed'"
+            " && {src: img.src, referrer: img.getAttribute('referrerpolicy'), status:"
+            " img.closest('button').querySelector('.badge').textContent}",
+            request_id,
+        ),
+        "the recent requests never listed it, completed, with a thumbnail",
+    )
+    assert thumb == {"src": uploaded, "referrer": "no-referrer", "status": "completed"}, thumb
 
     # At phone width nothing scrolls sideways, video and all.
     assert no_horizontal_scroll(browser) <= PHONE_WIDTH
     Shots(browser, "playground").take("completed-375px")
 
 
-def test_cancel_a_running_request_and_see_one_failed_callback(
+def test_cancel_an_unfinished_request_and_see_one_failed_callback(
     service: Running, browser: WebDriver, files: FileServer
 ) -> None:
     """Cancel while the worker still downloads the image: canceled, and exactly one FAILED callback."""

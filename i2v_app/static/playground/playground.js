@@ -313,6 +313,8 @@ function render(record) {
 
   $("cancel").hidden = TERMINAL.has(record.status);
   renderCallback(record);
+  // The list shows this request's status too: keep it in step.
+  if (previous && previous.status !== record.status) loadRecent();
 }
 
 function tickEta() {
@@ -494,7 +496,11 @@ function thumbnail(url) {
   return img;
 }
 
+let recentCalls = 0;
+
 async function loadRecent() {
+  // Replies can cross: only the latest call may fill the list.
+  const call = ++recentCalls;
   if (authRequired && !apiKey()) {
     setMessage("recent-message", "Enter an API key to see its requests.");
     $("recent").replaceChildren();
@@ -511,6 +517,7 @@ async function loadRecent() {
       return;
     }
     const { requests } = await response.json();
+    if (call !== recentCalls) return;
     setMessage("recent-message", requests.length ? "" : "No requests yet.");
     $("recent").replaceChildren(
       ...requests.map((record) => {
