@@ -331,14 +331,15 @@ def test_upload_submit_watch_the_stages_and_play_the_video(
 
     # The timeline fills in stage by stage; the page shows each stage it saw while polling.
     seen: list[str] = []
+    running_shot: list[Path] = []
 
     def done() -> bool:
         current = browser.execute_script(
             "return Array.from(document.querySelectorAll('#timeline li[data-phase=current]'), li => li.dataset.stage)"
         )
         seen.extend(stage for stage in current if stage not in seen)
-        if view_status(browser) == "processing" and "running" not in shots.__dict__:
-            shots.running = shots.take("running")
+        if view_status(browser) == "processing" and not running_shot:
+            running_shot.append(shots.take("running"))
         return view_status(browser) == "completed" and callback_status(browser) == "delivered"
 
     wait(browser, RUN_TIMEOUT).until(lambda _: done(), "the request never completed with its callback delivered")
@@ -407,6 +408,7 @@ def test_cancel_an_unfinished_request_and_see_one_failed_callback(
     request_id = "playground-cancel-1"
     submit_url(browser, slow, request_id)
     cancel = visible(browser, "cancel")
+    shots.take("unfinished")
     cancel.click()
 
     wait(browser, RUN_TIMEOUT).until(
