@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -86,6 +87,12 @@ class Running:
     """The running service: its address and a way to read its API with the test's key."""
 
     url: str
+    web: ServiceProcess
+
+    def answered(self, request_line: str) -> list[int]:
+        """The status codes the web process answered to ``request_line`` (its access log)."""
+        lines = [json.loads(line) for line in self.web.output.splitlines() if line.startswith("{")]
+        return [line["status"] for line in lines if line.get("request") == f"{request_line} HTTP/1.1"]
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         """GET ``path`` with the API key."""
@@ -132,7 +139,7 @@ def service(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> Run
             return False
 
     wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, what="web to answer /healthz")
-    return Running(base)
+    return Running(base, web)
 
 
 class Shots:
@@ -291,6 +298,11 @@ def video_time(driver: WebDriver) -> tuple[int, float]:
     return (state[0], state[1]) if state else (0, 0.0)
 
 
+def csp_violations(driver: WebDriver) -> list[str]:
+    """Console messages of the page about anything its Content-Security-Policy refused."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
 def no_horizontal_scroll(driver: WebDriver) -> int:
     """Narrow the viewport to a 375 px phone and return the document's width there."""
     driver.execute_cdp_cmd(
@@ -392,23 +404,36 @@ def test_upload_submit_watch_the_stages_and_play_the_video(
     )
     assert thumb == {"src": uploaded, "referrer": "no-referrer", "status": "completed"}, thumb
 
+    assert csp_violations(browser) == []
+
     # At phone width nothing scrolls sideways, video and all.
     assert no_horizontal_scroll(browser) <= PHONE_WIDTH
     Shots(browser, "playground").take("completed-375px")
 
 
-def test_cancel_an_unfinished_request_and_see_one_failed_callback(
+def test_cancel_a_running_request_and_see_one_failed_callback(
     service: Running, browser: WebDriver, files: FileServer
 ) -> None:
-    """Cancel while the worker still downloads the image: canceled, and exactly one FAILED callback."""
+    """Cancel while the worker still downloads the image: canceled, and exactly one FAILED callback.
+
+    Until then the page polls a record that does not change, with If-None-Match: the answers are 304s.
+    """
     shots = Shots(browser, "playground")
-    # An image that trickles in for about 10 s keeps the request in its first stage.
+    # An image that trickles in for about 10 s keeps the request in its first stage (noise does not compress).
     slow = files.put("/slow.png", noise_png(), "image/png", drip=0.2)
     open_playground(browser, service.url)
     request_id = "playground-cancel-1"
     submit_url(browser, slow, request_id)
     cancel = visible(browser, "cancel")
-    shots.take("unfinished")
+    wait(browser).until(lambda d: view_status(d) == "processing", "the worker never took the request")
+    # While the image trickles in nothing changes: polling sends the ETag back and gets 304s.
+    wait_for(
+        lambda: 304 in service.answered(f"GET /api/v1/i2v/{request_id}"),
+        timeout=STEP_TIMEOUT,
+        what="a 304 for the page's polling",
+    )
+    assert "captioning" in text_of(browser, "view-status")
+    shots.take("running")
     cancel.click()
 
     wait(browser, RUN_TIMEOUT).until(
@@ -452,6 +477,17 @@ def test_a_callback_refused_with_410_is_sent_again_from_the_page(service: Runnin
     shots.take("redelivered")
     record = service.get(f"/api/v1/i2v/{request_id}").json()
     assert [a["status_code"] for a in record["callback"]["history"]] == [410, 200], record["callback"]
+    assert csp_violations(browser) == []
+
+    # A fresh page keeps the key for the tab, and the recent list opens the request's view again.
+    browser.get(f"{service.url}/playground")
+    assert by_id(browser, "api-key").get_attribute("value") == API_KEY
+    assert not by_id(browser, "view").is_displayed()
+    item = f"#recent button[data-request-id='{request_id}']"
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, item), "the recent list never showed it")
+    browser.find_element(By.CSS_SELECTOR, item).click()
+    wait(browser).until(lambda d: text_of(d, "view-id") == request_id and callback_status(d) == "delivered")
+    assert "410" in text_of(browser, "callback-attempts")
 
 
 def test_fits_a_phone_and_every_control_is_labelled_and_reached_by_tab(service: Running, browser: WebDriver) -> None:
