@@ -74,7 +74,7 @@ class Settings:
     upload_max_bytes: int = 20 * 1024 * 1024
     #: Seconds an uploaded image is kept and served.
     upload_ttl: int = 24 * 3600
-    #: Bytes of uploads one API key may hold at once (counted until UPLOAD_TTL after its last upload).
+    #: Bytes of uploads one API key may hold at once (each counts until it expires).
     upload_quota_bytes: int = 200 * 1024 * 1024
     #: Seconds an upload's body may take to arrive: below gunicorn's 25 s worker timeout.
     upload_read_deadline: float = 20.0

@@ -45,18 +45,24 @@ def owner() -> str:
     return getattr(g, "owner", "")
 
 
-def estimate(record: Record) -> tuple[int, int] | None:
-    """Expected and latest seconds to the callback, from the queue and the timing settings."""
+def estimate(record: Record, load: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """Expected and latest seconds to the callback, from the queue and the timing settings.
+
+    ``load`` is the record's (requests ahead, workers) when the caller read it already.
+    """
     if record.terminal:
         return None
-    ahead, workers = services.queue_load(record) if record.status == Status.QUEUED else (0, 1)
+    if record.status != Status.QUEUED:
+        ahead, workers = 0, 1
+    else:
+        ahead, workers = load or services.queue_load(record)
     return eta.estimate(services.settings(), record, ahead, workers)
 
 
-def present(record: Record) -> dict[str, Any]:
-    """A record as the status endpoint shows it."""
+def present(record: Record, load: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A record as the status endpoint shows it (``load``: see :func:`estimate`)."""
     error = {"code": record.error_code, "message": record.error_message or ""} if record.error_code else None
-    expected = estimate(record)
+    expected = estimate(record, load)
     return {
         "request_id": record.request_id,
         "status": record.status,
@@ -267,7 +273,8 @@ class RequestList(MethodView):
         """
         after = decode_cursor(query["cursor"]) if query["cursor"] else None
         page = services.store().list_owned(owner(), limit=query["limit"], status=query["status"], after=after)
+        loads = services.queue_loads(page.records)  # one round trip for the whole page's ETAs
         return {
-            "requests": [present(record) for record in page.records],
+            "requests": [present(record, loads.get(record.key)) for record in page.records],
             "next_cursor": encode_cursor(page.next_position) if page.next_position else None,
         }

@@ -17,6 +17,8 @@ blp = Blueprint("meta", __name__, url_prefix="/", description="Service informati
 
 ENDPOINTS = [
     {"method": "POST", "path": "/api/v1/i2v", "description": "Submit an image; the result comes by callback"},
+    {"method": "GET", "path": "/api/v1/i2v", "description": "This API key's requests, newest first"},
+    {"method": "POST", "path": "/api/v1/uploads", "description": "Upload an image to use as image_id"},
     {"method": "GET", "path": "/api/v1/i2v/{request_id}", "description": "A request's status"},
     {"method": "DELETE", "path": "/api/v1/i2v/{request_id}", "description": "Cancel a request"},
     {"method": "POST", "path": "/api/v1/i2v/{request_id}/callback", "description": "Send a failed callback again"},
@@ -24,6 +26,7 @@ ENDPOINTS = [
     {"method": "GET", "path": "/readyz", "description": "Readiness: Redis, workers, queue depth"},
     {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
     {"method": "GET", "path": "/media/{name}.mp4", "description": "Videos the service made or keeps"},
+    {"method": "GET", "path": "/uploads/{name}", "description": "Uploaded images"},
     {"method": "GET", "path": "/openapi.json", "description": "OpenAPI specification"},
     {"method": "GET", "path": "/playground", "description": "Playground: upload an image, watch it become a video"},
     {"method": "GET", "path": "/docs", "description": "Swagger UI"},

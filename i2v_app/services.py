@@ -8,6 +8,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from config import Settings
+from jobs.states import Status
 from jobs.store import Record, RequestStore
 
 
@@ -39,3 +40,20 @@ def queue_load(record: Record) -> tuple[int, int]:
         pipe.scard(WORKERS_BY_QUEUE_KEY % q.name)
         position, workers = pipe.execute()
     return (position if position is not None else 0), int(workers)
+
+
+def queue_loads(records: list[Record]) -> dict[str, tuple[int, int]]:
+    """:func:`queue_load` of each queued record among ``records``, by record key, in one round trip."""
+    queued = [record for record in records if record.status == Status.QUEUED]
+    if not queued:
+        return {}
+    q = queue()
+    with redis().pipeline(transaction=False) as pipe:
+        for record in queued:
+            pipe.lpos(q.key, record.identity.job_id)
+        pipe.scard(WORKERS_BY_QUEUE_KEY % q.name)
+        *positions, workers = pipe.execute()
+    return {
+        record.key: ((position if position is not None else 0), int(workers))
+        for record, position in zip(queued, positions, strict=True)
+    }

@@ -16,13 +16,14 @@ import io
 import socket
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint as FlaskBlueprint
 from flask import Response, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import parse_form_data
 
 from i2v_app import services
@@ -35,18 +36,30 @@ UPLOAD_ROUTE = "/api/v1/uploads"
 #: Room for multipart framing (boundaries, part headers) on top of the image itself.
 MULTIPART_SLACK = 64 * 1024
 READ_CHUNK = 64 * 1024
-#: Per-key bytes of uploads held: counted up by each upload, forgotten UPLOAD_TTL after the last one.
+#: Per-key bytes of uploads held (a counter), and the uploads they are made of, ``<name>:<bytes>``
+#: scored by expiry time: each upload's bytes are given back once it has expired.
 QUOTA_PREFIX = "i2v:upload-bytes:"
+HELD_PREFIX = "i2v:uploads:"
 SERVED_MAX_AGE = 3600
 
-# Count an upload's bytes against its key's quota, or refuse it, atomically.
-# KEYS: the key's counter; ARGV: bytes, quota, TTL. Returns the bytes now held, or -1 when over.
+# Count an upload's bytes against its key's quota, or refuse it, atomically. Expired uploads are
+# given back first, so a key that uploads every day is held to what it holds now, not to all time.
+# KEYS: the key's counter, its uploads; ARGV: bytes, quota, now, expiry, member, TTL.
+# Returns the bytes now held, or -1 when over.
 _RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if #expired > 0 then
+  local freed = 0
+  for _, member in ipairs(expired) do freed = freed + tonumber(string.match(member, ':(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+  redis.call('DECRBY', KEYS[1], freed)
+end
+local used = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0'))
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
-local now = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return now
+redis.call('SET', KEYS[1], used + tonumber(ARGV[1]), 'EX', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return used + tonumber(ARGV[1])
 """
 
 blp = Blueprint("uploads", __name__, url_prefix=UPLOAD_ROUTE, description="Images uploaded to use as image_id")
@@ -106,6 +119,8 @@ def read_body(limit: int, seconds: float) -> bytes:
             chunks.append(chunk)
     except (TooSlow, TooLarge):
         raise
+    except RequestEntityTooLarge:
+        raise TooLarge from None  # werkzeug's own count of a chunked body: answered in the same words
     except Exception:
         if expired.is_set():
             raise TooSlow from None  # the server's reader saw the shut socket as a lost client
@@ -126,25 +141,29 @@ def image_bytes(body: bytes) -> bytes:
     return part.read()
 
 
-def reserve(size: int) -> str:
-    """Count ``size`` bytes against the caller's quota and return the counter's key, or answer 413."""
+def reserve(name: str, size: int, expires: float) -> None:
+    """Count upload ``name`` of ``size`` bytes, kept until ``expires``, against the caller's quota, or answer 413."""
     settings = services.settings()
-    key = QUOTA_PREFIX + owner()
-    redis = services.redis()
-    held = redis.eval(_RESERVE, 1, key, size, settings.upload_quota_bytes, settings.upload_ttl)
-    if int(held) < 0:
+    keys = (QUOTA_PREFIX + owner(), HELD_PREFIX + owner())
+    args = (size, settings.upload_quota_bytes, time.time(), expires, f"{name}:{size}", settings.upload_ttl)
+    if int(services.redis().eval(_RESERVE, 2, *keys, *args)) < 0:
         abort(
             413,
             message=f"This API key's uploads would exceed UPLOAD_QUOTA_BYTES ({settings.upload_quota_bytes} bytes); "
-            f"they are freed {settings.upload_ttl} s after the key's last upload.",
+            "each upload's bytes are given back when it expires (UPLOAD_TTL).",
         )
-    return key
 
 
-def expires_at(seconds: int) -> str:
-    """An ISO-8601 time ``seconds`` from now, in the format of ``created_at``."""
-    when = datetime.now(UTC) + timedelta(seconds=seconds)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def release(name: str, size: int) -> None:
+    """Give back what :func:`reserve` counted, for an upload that was not stored after all."""
+    redis = services.redis()
+    if redis.zrem(HELD_PREFIX + owner(), f"{name}:{size}"):  # not given back already (expired meanwhile)
+        redis.decrby(QUOTA_PREFIX + owner(), size)
+
+
+def iso(when: float) -> str:
+    """A Unix time as ISO-8601, in the format of ``created_at``."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @blp.route("")
@@ -214,16 +233,17 @@ class Uploads(MethodView):
             clean = reencode(data)
         except BadImage as exc:
             abort(422, message=f"Not an image the service takes: {exc}", errors={"file": [str(exc)]})
-        quota_key = reserve(len(clean.data))
         name = new_upload_name(clean.extension)
+        expires = time.time() + settings.upload_ttl
+        reserve(name, len(clean.data), expires)
         store = MediaStore(settings, services.redis())
         try:
             store.save_upload(name, clean.data)
         except BaseException:
-            services.redis().decrby(quota_key, len(clean.data))
+            release(name, len(clean.data))
             raise
         url = store.upload_url(name)
-        return {"url": url, "expires_at": expires_at(settings.upload_ttl)}, 201, {"Location": url}
+        return {"url": url, "expires_at": iso(expires)}, 201, {"Location": url}
 
 
 @served.get("/uploads/<name>")

@@ -8,6 +8,7 @@ Only Pillow and the standard library are needed, so the web process may import t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 #: Content type and file extension of each format, as the service serves them.
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
+#: Encoder quality of the lossy formats: high, since a video model works from the result.
+QUALITY = {"JPEG": 92, "WEBP": 90}
 
 
 class BadImage(ValueError):
@@ -79,16 +82,18 @@ def reencode(data: bytes) -> CleanImage:
     """
     image = decode(data)
     kind = image.format or "PNG"
-    try:
-        upright = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError):
-        upright = image  # a malformed EXIF block: the pixels are still fine, and the block goes anyway
-    mode = "RGB" if kind == "JPEG" else ("RGBA" if upright.mode in ("RGBA", "LA", "PA", "P") else "RGB")
-    pixels = upright.convert(mode)
+    # A malformed EXIF block leaves the picture as it is: its pixels are fine, and the block goes anyway.
+    with contextlib.suppress(OSError, ValueError, SyntaxError):
+        image = ImageOps.exif_transpose(image)
+    mode = "RGB" if kind == "JPEG" else ("RGBA" if image.mode in ("RGBA", "LA", "PA", "P") else "RGB")
+    # Each step replaces the last, so at most two copies of the pixels are held at once (the
+    # pixel cap allows 40 million, which is a lot of memory for a web worker).
+    image = image.convert(mode)
     # A fresh image holds only pixels: nothing of the original's info (EXIF, XMP, text chunks,
     # ICC profile) can ride along into the encoder.
-    fresh = Image.frombytes(mode, pixels.size, pixels.tobytes())
+    fresh = Image.new(mode, image.size)
+    fresh.paste(image)
+    del image
     out = io.BytesIO()
-    options: dict[str, object] = {"JPEG": {"quality": 92}, "WEBP": {"quality": 90}}.get(kind, {})  # type: ignore[assignment]
-    fresh.save(out, format=kind, **options)
+    fresh.save(out, format=kind, **({"quality": QUALITY[kind]} if kind in QUALITY else {}))
     return CleanImage(out.getvalue(), kind, fresh.width, fresh.height)

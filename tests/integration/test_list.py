@@ -53,6 +53,16 @@ def test_list_is_newest_first_and_pages_with_an_opaque_cursor(client: FlaskClien
     assert client.get("/api/v1/i2v").get_json()["next_cursor"] is None  # default limit 20 holds all five
 
 
+def test_each_listed_request_has_the_eta_its_status_read_gives(client: FlaskClient) -> None:
+    """The page's queue positions are read in one round trip, and still per request."""
+    for n in range(4):
+        submit(client, f"q-{n}")
+    listed = {item["request_id"]: item["eta_seconds"] for item in client.get("/api/v1/i2v").get_json()["requests"]}
+    alone = {f"q-{n}": client.get(f"/api/v1/i2v/q-{n}").get_json()["eta_seconds"] for n in range(4)}
+    assert listed == alone
+    assert len(set(alone.values())) > 1  # later requests wait behind earlier ones
+
+
 def test_ties_in_creation_time_are_broken_stably_across_pages(client: FlaskClient, redis: Redis) -> None:
     for n in range(7):
         submit(client, f"tie-{n}")

@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from redis import Redis
 from schemathesis import GenerationMode
 
@@ -156,6 +156,17 @@ def test_gps_and_camera_metadata_are_stripped(client: FlaskClient, fmt: str) -> 
     assert b"Exif" not in stored
 
 
+def test_a_colour_profile_and_text_chunks_are_dropped(client: FlaskClient) -> None:
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "taken at 12 Secret Lane")
+    original = picture("PNG", icc_profile=b"not-a-real-profile-but-kept-as-is", pnginfo=text)
+    assert "icc_profile" in Image.open(io.BytesIO(original)).info
+    resp = upload(client, original)
+    stored = served(client, resp.get_json()["url"]).get_data()
+    assert "icc_profile" not in Image.open(io.BytesIO(stored)).info
+    assert b"Secret Lane" not in stored
+
+
 def test_the_exif_orientation_is_applied_before_it_is_dropped(client: FlaskClient) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
@@ -248,6 +259,21 @@ def test_each_key_has_a_byte_quota(service_env: dict[str, str], tmp_path: Path) 
     body = assert_problem(upload(client, noise((40, 40)), **a), 413)
     assert "UPLOAD_QUOTA_BYTES" in body["detail"]
     assert upload(client, one, **b).status_code == 201  # another key's quota is its own
+
+
+def test_an_expired_upload_gives_its_bytes_back(service_env: dict[str, str], tmp_path: Path, redis: Redis) -> None:
+    """A key uploading every day is held to what it holds now, not to everything it ever uploaded."""
+    client = make_client(local_env(service_env, tmp_path, UPLOAD_QUOTA_BYTES="4000"))
+    first = upload(client, noise((30, 30)))
+    assert first.status_code == 201
+    assert upload(client, noise((30, 30))).status_code == 413
+    held = "i2v:uploads:"  # no authentication: the owner is ""
+    [member] = redis.zrange(held, 0, -1)
+    redis.zadd(held, {member: time.time() - 1})  # the first upload's UPLOAD_TTL has passed
+    assert upload(client, noise((30, 30))).status_code == 201
+    [remaining] = redis.zrange(held, 0, -1)
+    assert remaining != member
+    assert int(redis.get("i2v:upload-bytes:")) == int(remaining.decode().rsplit(":", 1)[1])
 
 
 def test_uploads_count_against_the_rate_limit(service_env: dict[str, str], tmp_path: Path) -> None:
@@ -355,6 +381,34 @@ def test_a_slow_client_gets_408_within_the_read_deadline(
         assert time.monotonic() - started < 5
     # The worker is free again at once.
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_a_chunked_upload_is_read_up_to_its_cap_by_the_real_web_process(
+    service_env: dict[str, str], tmp_path: Path, start_process
+) -> None:
+    """Without a Content-Length the cap still holds: what is sent is counted as it arrives."""
+    port = free_port()
+    env = local_env(service_env, tmp_path, UPLOAD_MAX_BYTES="100000")
+    start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
+    wait_for(lambda: _up(port), timeout=30, what="the web process")
+    url = f"http://127.0.0.1:{port}/api/v1/uploads"
+
+    def chunks(data: bytes):
+        for start in range(0, len(data), 8192):
+            yield data[start : start + 8192]
+
+    fits = requests.post(
+        url,
+        data=chunks(picture("PNG", size=(150, 150), compress_level=0)),
+        timeout=10,
+        headers={"Content-Type": "image/png"},
+    )
+    assert fits.status_code == 201, fits.text
+    assert fits.request.headers.get("Transfer-Encoding") == "chunked"
+    too_big = requests.post(url, data=chunks(noise((300, 300))), timeout=10, headers={"Content-Type": "image/png"})
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.headers["Content-Type"] == "application/problem+json"
+    assert "UPLOAD_MAX_BYTES" in too_big.json()["detail"]
 
 
 def _up(port: int) -> bool:
