@@ -490,6 +490,37 @@ def test_a_callback_refused_with_410_is_sent_again_from_the_page(service: Runnin
     assert "410" in text_of(browser, "callback-attempts")
 
 
+def test_an_image_dropped_on_the_page_is_uploaded(service: Running, browser: WebDriver) -> None:
+    """A picture dropped on the drop zone (a drop event carrying a file) is uploaded like a chosen one."""
+    open_playground(browser, service.url)
+    browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const canvas = document.createElement('canvas');
+        canvas.width = 320;
+        canvas.height = 200;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#2a6'; ctx.fillRect(0, 0, 320, 200);
+        ctx.fillStyle = '#fc3'; ctx.fillRect(40, 40, 120, 80);
+        canvas.toBlob((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+          document.getElementById('drop-zone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+          done();
+        }, 'image/png');
+        """
+    )
+    wait(browser).until(
+        lambda d: by_id(d, "image-url").get_attribute("value").startswith(f"{service.url}/uploads/"),
+        "the dropped image was never uploaded",
+    )
+    uploaded = requests.get(by_id(browser, "image-url").get_attribute("value"), timeout=HTTP_TIMEOUT)
+    assert uploaded.status_code == 200
+    assert uploaded.headers["Content-Type"].startswith("image/")
+    assert Image.open(io.BytesIO(uploaded.content)).size == (320, 200)
+
+
 def test_fits_a_phone_and_every_control_is_labelled_and_reached_by_tab(service: Running, browser: WebDriver) -> None:
     """At 375 px nothing scrolls sideways; Tab visits every control in order, each with a name."""
     open_playground(browser, service.url)
