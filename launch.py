@@ -206,7 +206,10 @@ def main() -> int:
         proc = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         children.append((name, proc))
         threading.Thread(target=_pump, args=(name, proc.stdout, width), daemon=True).start()
-    print(f"launch | i2v on http://{env['HOST']}:{env['PORT']} (docs at /docs); Ctrl-C stops everything")
+    print(
+        f"launch | i2v on http://{env['HOST']}:{env['PORT']}: try it at http://{env['HOST']}:{env['PORT']}/playground "
+        "(API docs at /docs); Ctrl-C stops everything"
+    )
     for line in banner:
         print(f"launch | {line}")
 

@@ -46,7 +46,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_REDOC_PATH="redoc",
         OPENAPI_REDOC_URL=settings.redoc_js_url,
         API_SPEC_OPTIONS={
-            "info": {"description": "Turns a still image into a marketing video and calls back once with the result."}
+            "info": {
+                "description": (
+                    "Turns a still image into a marketing video and calls back once with the result. "
+                    "Try it in a browser in the [playground](/playground)."
+                )
+            }
         },
         JSON_SORT_KEYS=False,
     )
@@ -61,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key from I2V_API_KEYS"}
     )
     from i2v_app import api as api_module
-    from i2v_app import cli, dev, docs, media, meta, uploads
+    from i2v_app import cli, dev, docs, media, meta, playground, uploads
 
     api.register_blueprint(api_module.blp)
     api.register_blueprint(uploads.blp)
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(docs.assets)
     app.register_blueprint(media.media)
     app.register_blueprint(uploads.served)
+    app.register_blueprint(playground.playground)
     if settings.development:
         app.register_blueprint(dev.dev)
     register_error_handlers(app)

@@ -28,6 +28,7 @@ ENDPOINTS = [
     {"method": "GET", "path": "/media/{name}.mp4", "description": "Videos the service made or keeps"},
     {"method": "GET", "path": "/uploads/{name}", "description": "Uploaded images"},
     {"method": "GET", "path": "/openapi.json", "description": "OpenAPI specification"},
+    {"method": "GET", "path": "/playground", "description": "Playground: upload an image, watch it become a video"},
     {"method": "GET", "path": "/docs", "description": "Swagger UI"},
     {"method": "GET", "path": "/redoc", "description": "ReDoc"},
 ]

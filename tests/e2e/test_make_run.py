@@ -138,6 +138,8 @@ def test_make_run_turns_the_sample_image_into_a_video_with_no_accounts(launched:
     assert "authentication off" in output
     assert f"callbacks go to {launched.url}/dev/callbacks/{{request_id}}" in output
     assert f"lists what it got at {launched.url}/dev/callbacks" in output
+    assert f"try it at {launched.url}/playground" in output
+    assert launched.get("/playground").status_code == 200
     try_line = re.search(r"try: curl -X POST (\S+) .*\"image_id\": \"([^\"]+)\"", output)
     assert try_line, output
     assert try_line[1] == f"{launched.url}/api/v1/i2v"

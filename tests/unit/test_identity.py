@@ -85,7 +85,7 @@ def test_the_identity_is_not_written_into_the_record() -> None:
 def test_the_web_loads_names_and_states_without_worker_code() -> None:
     """The web process imports the identity and the states, never the pipeline, provider clients or requests."""
     code = (
-        "import sys, i2v_app, i2v_app.api, i2v_app.cli, i2v_app.lifecycle, i2v_app.uploads\n"
+        "import sys, i2v_app, i2v_app.api, i2v_app.cli, i2v_app.lifecycle, i2v_app.playground, i2v_app.uploads\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('jobs', 'requests', 'replicate'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
