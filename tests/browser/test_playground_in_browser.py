@@ -138,7 +138,7 @@ def service(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> Run
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, what="web to answer /healthz")
+    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, message="web to answer /healthz")
     return Running(base, web)
 
 
@@ -430,7 +430,7 @@ def test_cancel_a_running_request_and_see_one_failed_callback(
     wait_for(
         lambda: 304 in service.answered(f"GET /api/v1/i2v/{request_id}"),
         timeout=STEP_TIMEOUT,
-        what="a 304 for the page's polling",
+        message="a 304 for the page's polling",
     )
     assert "captioning" in text_of(browser, "view-status")
     shots.take("running")
