@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import re
 
-from flask.testing import FlaskClient
-
 from jobs.delivery import with_attempt
 from jobs.store import CALLBACK_HISTORY_KEEP, Record
-from tests.fakes import Fault
-from tests.fakes.game import FakeGame
+from tests.api import Api
+from tests.fakes import Fakes, Fault
 from tests.helpers import ServiceProcess
-from tests.integration.test_pipeline import final_record, submit
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def test_each_attempt_is_kept_oldest_first_with_its_status_code(
-    client: FlaskClient, fake_game: FakeGame, worker: ServiceProcess
-) -> None:
-    fake_game.add_fault("callback", Fault.error(503), times=2)
-    submit(client, "h-1")
-    record = final_record(client, "h-1")
+def test_each_attempt_is_kept_oldest_first_with_its_status_code(api: Api, fakes: Fakes, worker: ServiceProcess) -> None:
+    fakes.game.add_fault("callback", Fault.error(503), times=2)
+    api.submit("h-1", expect=202)
+    record = api.settled("h-1")
     history = record["callback"]["history"]
     assert [entry["status_code"] for entry in history] == [503, 503, 200]
     assert [entry["error"] for entry in history] == [None, None, None]
@@ -30,25 +25,23 @@ def test_each_attempt_is_kept_oldest_first_with_its_status_code(
     assert record["callback"]["attempts"] == 3
 
 
-def test_an_attempt_without_an_answer_says_why(
-    client: FlaskClient, fake_game: FakeGame, worker: ServiceProcess
-) -> None:
-    fake_game.add_fault("callback", Fault.connection_reset())
-    submit(client, "h-2")
-    history = final_record(client, "h-2")["callback"]["history"]
+def test_an_attempt_without_an_answer_says_why(api: Api, fakes: Fakes, worker: ServiceProcess) -> None:
+    fakes.game.add_fault("callback", Fault.connection_reset())
+    api.submit("h-2", expect=202)
+    history = api.settled("h-2")["callback"]["history"]
     assert history[0]["status_code"] is None
     assert history[0]["error"]
     assert history[-1]["status_code"] == 200
 
 
-def test_a_redelivery_adds_to_the_history(client: FlaskClient, fake_game: FakeGame, worker: ServiceProcess) -> None:
-    fake_game.add_fault("callback", Fault.error(410))  # gone: fails the callback at once
-    submit(client, "h-3")
-    record = final_record(client, "h-3")
+def test_a_redelivery_adds_to_the_history(api: Api, fakes: Fakes, worker: ServiceProcess) -> None:
+    fakes.game.add_fault("callback", Fault.error(410))  # gone: fails the callback at once
+    api.submit("h-3", expect=202)
+    record = api.settled("h-3")
     assert record["callback"]["status"] == "failed"
     assert [entry["status_code"] for entry in record["callback"]["history"]] == [410]
-    assert client.post("/api/v1/i2v/h-3/callback").status_code == 202
-    record = final_record(client, "h-3")
+    assert api.redeliver("h-3").status_code == 202
+    record = api.settled("h-3")
     assert record["callback"]["status"] == "delivered"
     assert [entry["status_code"] for entry in record["callback"]["history"]] == [410, 200]
 
@@ -62,9 +55,9 @@ def test_the_history_keeps_only_the_newest_attempts() -> None:
     assert record.callback_history[-1]["status_code"] == 500 + CALLBACK_HISTORY_KEEP + 4
 
 
-def test_the_spec_documents_the_history(client: FlaskClient) -> None:
-    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+def test_the_spec_documents_the_history(api: Api) -> None:
+    schemas = api.client.get("/openapi.json").get_json()["components"]["schemas"]
     assert "history" in schemas["CallbackInfo"]["properties"]
     assert set(schemas["CallbackAttempt"]["properties"]) == {"at", "status_code", "error"}
-    submit(client, "h-4")
-    assert client.get("/api/v1/i2v/h-4").get_json()["callback"]["history"] == []
+    api.submit("h-4", expect=202)
+    assert api.record("h-4")["callback"]["history"] == []

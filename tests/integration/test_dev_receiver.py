@@ -11,6 +11,7 @@ import requests
 from config import settings_from
 from i2v_app import create_app
 from launch import free_port
+from tests.api import HttpApi
 from tests.helpers import wait_for
 from tests.integration.test_dev_mode import DEV, HTTP_TIMEOUT
 
@@ -98,32 +99,19 @@ def test_a_steered_410_fails_the_callback_at_once_and_500_retries(start_process,
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=15, interval=0.1, what="web to answer /healthz")
-
-    def settled(request_id: str) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            body = requests.get(f"{base}/api/v1/i2v/{request_id}", timeout=HTTP_TIMEOUT).json()
-            return body if body["callback"]["status"] != "pending" else None
-
-        return wait_for(done, timeout=30, interval=0.2, what=f"{request_id}'s callback to settle")
+    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
+    api = HttpApi(base, timeout=HTTP_TIMEOUT)
 
     def run(request_id: str) -> dict[str, Any]:
-        resp = requests.post(
-            base + "/api/v1/i2v",
-            json={"image_id": base + "/dev/sample.png"},
-            headers={"x-request-id": request_id},
-            timeout=HTTP_TIMEOUT,
-        )
-        assert resp.status_code == 202, resp.text
-        return settled(request_id)
+        api.submit(request_id, base + "/dev/sample.png", expect=202)
+        return api.settled(request_id, timeout=30)
 
     requests.post(base + "/dev/callbacks/answers", json={"status": 410, "count": 1}, timeout=HTTP_TIMEOUT)
     gone = run("steer-410")
     assert gone["callback"]["status"] == "failed"
     assert [entry["status_code"] for entry in gone["callback"]["history"]] == [410]
-    resp = requests.post(f"{base}/api/v1/i2v/steer-410/callback", timeout=HTTP_TIMEOUT)
-    assert resp.status_code == 202
-    again = settled("steer-410")
+    assert api.redeliver("steer-410").status_code == 202
+    again = api.settled("steer-410", timeout=30)
     assert again["callback"]["status"] == "delivered"
     assert [entry["status_code"] for entry in again["callback"]["history"]] == [410, 200]
 

@@ -12,15 +12,10 @@ from config import settings_from
 from i2v_app import create_app
 from jobs.identity import RequestIdentity
 from jobs.store import OWNER_INDEX_PREFIX, RequestStore, owner_index_key
+from tests.api import Api
 
-IMAGE = "https://cdn.example.com/images/plane.jpg"
 KEY_A = "list-key-aaaaaaaaaaaaaaaa"
 KEY_B = "list-key-bbbbbbbbbbbbbbbb"
-
-
-def submit(client: FlaskClient, request_id: str, **headers: str) -> None:
-    resp = client.post("/api/v1/i2v", json={"image_id": IMAGE}, headers={"x-request-id": request_id, **headers})
-    assert resp.status_code == 202, resp.get_data(as_text=True)
 
 
 def ids(body: dict) -> list[str]:
@@ -42,9 +37,9 @@ def everything(client: FlaskClient, limit: int, **headers: str) -> list[str]:
     raise AssertionError("the cursor never ended")
 
 
-def test_list_is_newest_first_and_pages_with_an_opaque_cursor(client: FlaskClient) -> None:
+def test_list_is_newest_first_and_pages_with_an_opaque_cursor(api: Api, client: FlaskClient) -> None:
     for n in range(5):
-        submit(client, f"r-{n}")
+        api.submit(f"r-{n}", expect=202)
     first = client.get("/api/v1/i2v", query_string={"limit": 2}).get_json()
     assert ids(first) == ["r-4", "r-3"]
     assert first["requests"][0]["status"] == "queued"
@@ -53,19 +48,19 @@ def test_list_is_newest_first_and_pages_with_an_opaque_cursor(client: FlaskClien
     assert client.get("/api/v1/i2v").get_json()["next_cursor"] is None  # default limit 20 holds all five
 
 
-def test_each_listed_request_has_the_eta_its_status_read_gives(client: FlaskClient) -> None:
+def test_each_listed_request_has_the_eta_its_status_read_gives(api: Api, client: FlaskClient) -> None:
     """The page's queue positions are read in one round trip, and still per request."""
     for n in range(4):
-        submit(client, f"q-{n}")
+        api.submit(f"q-{n}", expect=202)
     listed = {item["request_id"]: item["eta_seconds"] for item in client.get("/api/v1/i2v").get_json()["requests"]}
     alone = {f"q-{n}": client.get(f"/api/v1/i2v/q-{n}").get_json()["eta_seconds"] for n in range(4)}
     assert listed == alone
     assert len(set(alone.values())) > 1  # later requests wait behind earlier ones
 
 
-def test_ties_in_creation_time_are_broken_stably_across_pages(client: FlaskClient, redis: Redis) -> None:
+def test_ties_in_creation_time_are_broken_stably_across_pages(api: Api, client: FlaskClient, redis: Redis) -> None:
     for n in range(7):
-        submit(client, f"tie-{n}")
+        api.submit(f"tie-{n}", expect=202)
     index = owner_index_key("")
     # Every request created in the same millisecond: only the record key orders them.
     redis.zadd(index, {member: 1_700_000_000_000 for member in redis.zrange(index, 0, -1)})
@@ -75,9 +70,9 @@ def test_ties_in_creation_time_are_broken_stably_across_pages(client: FlaskClien
         assert everything(client, limit) == expected
 
 
-def test_status_filter_and_bad_queries(client: FlaskClient) -> None:
-    submit(client, "keep")
-    submit(client, "gone")
+def test_status_filter_and_bad_queries(api: Api, client: FlaskClient) -> None:
+    api.submit("keep", expect=202)
+    api.submit("gone", expect=202)
     assert client.delete("/api/v1/i2v/gone").status_code == 202
     assert ids(client.get("/api/v1/i2v?status=canceled").get_json()) == ["gone"]
     assert ids(client.get("/api/v1/i2v?status=queued").get_json()) == ["keep"]
@@ -89,9 +84,9 @@ def test_status_filter_and_bad_queries(client: FlaskClient) -> None:
     assert client.get(f"/api/v1/i2v?cursor={forged}").status_code == 422
 
 
-def test_expired_records_drop_out_of_the_index(client: FlaskClient, redis: Redis) -> None:
+def test_expired_records_drop_out_of_the_index(api: Api, client: FlaskClient, redis: Redis) -> None:
     for n in range(4):
-        submit(client, f"e-{n}")
+        api.submit(f"e-{n}", expect=202)
     redis.delete(RequestIdentity("", "e-2").record_key, RequestIdentity("", "e-1").record_key)
     assert everything(client, 1) == ["e-3", "e-0"]
     assert redis.zcard(owner_index_key("")) == 2
@@ -101,10 +96,11 @@ def test_the_index_is_bounded_by_the_record_ttl(redis: Redis, settings) -> None:
     """An entry created more than RECORD_TTL ago is trimmed by the next create; the index expires too."""
     app = create_app(settings)
     client = app.test_client()
-    submit(client, "old")
+    api = Api(client)
+    api.submit("old", expect=202)
     index = owner_index_key("")
     redis.zadd(index, {RequestIdentity("", "old").record_key: 1_000})  # created long ago
-    submit(client, "new")
+    api.submit("new", expect=202)
     assert redis.zrange(index, 0, -1) == [RequestIdentity("", "new").record_key.encode()]
     assert 0 < redis.ttl(index) <= settings.record_ttl
 
@@ -112,16 +108,17 @@ def test_the_index_is_bounded_by_the_record_ttl(redis: Redis, settings) -> None:
 def test_each_key_lists_only_its_own_requests(service_env: dict[str, str]) -> None:
     app = create_app(settings_from({**service_env, "I2V_AUTH_DISABLED": "0", "I2V_API_KEYS": f"{KEY_A},{KEY_B}"}))
     client = app.test_client()
+    api = Api(client)
     a, b = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}
-    submit(client, "mine", **a)
-    submit(client, "theirs", **b)
+    api.submit("mine", key=KEY_A, expect=202)
+    api.submit("theirs", key=KEY_B, expect=202)
     assert ids(client.get("/api/v1/i2v", headers=a).get_json()) == ["mine"]
     assert ids(client.get("/api/v1/i2v", headers=b).get_json()) == ["theirs"]
     assert client.get("/api/v1/i2v").status_code == 401
 
 
-def test_list_never_scans(client: FlaskClient, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    submit(client, "one")
+def test_list_never_scans(api: Api, client: FlaskClient, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.submit("one", expect=202)
     store: RequestStore = client.application.extensions["i2v"]["store"]
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -134,9 +131,9 @@ def test_list_never_scans(client: FlaskClient, redis: Redis, monkeypatch: pytest
     assert redis.exists(OWNER_INDEX_PREFIX)
 
 
-def test_reindex_adds_records_created_before_the_index(client: FlaskClient, redis: Redis) -> None:
+def test_reindex_adds_records_created_before_the_index(api: Api, client: FlaskClient, redis: Redis) -> None:
     for n in range(3):
-        submit(client, f"old-{n}")
+        api.submit(f"old-{n}", expect=202)
     redis.delete(owner_index_key(""))  # as before the upgrade
     assert client.get("/api/v1/i2v").get_json()["requests"] == []
     result = client.application.test_cli_runner().invoke(args=["i2v", "reindex"])
@@ -148,8 +145,8 @@ def test_reindex_adds_records_created_before_the_index(client: FlaskClient, redi
 # -- ETag ------------------------------------------------------------------------------------------
 
 
-def test_status_has_a_weak_etag_over_the_stored_version_and_answers_304(client: FlaskClient) -> None:
-    submit(client, "tagged")
+def test_status_has_a_weak_etag_over_the_stored_version_and_answers_304(api: Api, client: FlaskClient) -> None:
+    api.submit("tagged", expect=202)
     first = client.get("/api/v1/i2v/tagged")
     etag = first.headers["ETag"]
     assert etag.startswith('W/"')
@@ -169,9 +166,9 @@ def test_status_has_a_weak_etag_over_the_stored_version_and_answers_304(client: 
     assert changed.headers["ETag"] != etag
 
 
-def test_every_update_counts_the_version_up(client: FlaskClient, redis: Redis, settings) -> None:
+def test_every_update_counts_the_version_up(api: Api, client: FlaskClient, redis: Redis, settings) -> None:
     """Two writes in one millisecond still change the ETag: the version is counted, not timed."""
-    submit(client, "v")
+    api.submit("v", expect=202)
     store = RequestStore(redis, settings.record_ttl)
     key = RequestIdentity("", "v").record_key
     tags = {client.get("/api/v1/i2v/v").headers["ETag"]}

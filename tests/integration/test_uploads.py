@@ -24,6 +24,7 @@ from config import settings_from
 from i2v_app import create_app
 from jobs.media import UPLOAD_DIR
 from launch import free_port
+from tests.api import Api
 from tests.helpers import wait_for
 from tests.integration.test_fuzz import CHECKS, INVALID, VALID, fuzz, load
 
@@ -107,10 +108,6 @@ def assert_problem(resp, status: int) -> dict:
     return resp.get_json()
 
 
-def submit(client: FlaskClient, request_id: str, image: str):
-    return client.post("/api/v1/i2v", json={"image_id": image}, headers={"x-request-id": request_id})
-
-
 # -- the happy paths ----------------------------------------------------------------------------
 
 
@@ -181,7 +178,7 @@ def test_an_upload_url_is_accepted_as_image_id_and_the_worker_reads_it_from_the_
     env = local_env(service_env, tmp_path, CALLBACK_API_URL=service_env["CALLBACK_API_URL"])
     client = make_client(env)
     url = upload(client, picture("PNG", size=(320, 200))).get_json()["url"]
-    assert submit(client, "from-upload", url).status_code == 202
+    Api(client).submit("from-upload", url, expect=202)
     start_process("worker", **env)
     done = wait_for(
         lambda: (b := client.get("/api/v1/i2v/from-upload").get_json())["status"] in ("completed", "failed") and b,
@@ -298,7 +295,7 @@ def test_uploads_are_refused_when_a_provider_could_not_fetch_them(
     body = assert_problem(upload(client, picture()), 409)
     assert "PUBLIC_BASE_URL" in body["detail"]
     base = extra.get("PUBLIC_BASE_URL", BASE)
-    resp = submit(client, "names-an-upload", f"{base}/uploads/{'a' * 40}.png")
+    resp = Api(client).submit("names-an-upload", f"{base}/uploads/{'a' * 40}.png")
     assert "PUBLIC_BASE_URL" in assert_problem(resp, 422)["detail"]
 
 
@@ -308,20 +305,20 @@ def test_a_public_base_url_lets_remote_providers_have_uploads(service_env: dict[
     )
     url = upload(client, picture()).get_json()["url"]
     assert url.startswith("https://i2v.example.com/uploads/")
-    assert submit(client, "remote", url).status_code == 202
+    Api(client).submit("remote", url, expect=202)
 
 
 def test_an_unknown_or_expired_upload_is_refused_and_no_longer_served(
-    client: FlaskClient, tmp_path: Path, service_env: dict[str, str]
+    api: Api, client: FlaskClient, tmp_path: Path, service_env: dict[str, str]
 ) -> None:
-    assert_problem(submit(client, "nope", f"{BASE}/uploads/{'b' * 40}.png"), 422)
+    assert_problem(api.submit("nope", f"{BASE}/uploads/{'b' * 40}.png"), 422)
     url = upload(client, picture()).get_json()["url"]
     name = url.rsplit("/", 1)[1]
     path = tmp_path / "media" / UPLOAD_DIR / name
     day_ago = time.time() - 25 * 3600
     os.utime(path, (day_ago, day_ago))
     assert served(client, url).status_code == 404
-    assert "expired" in assert_problem(submit(client, "late", url), 422)["detail"]
+    assert "expired" in assert_problem(api.submit("late", url), 422)["detail"]
     assert client.get("/uploads/..%2f..%2fetc%2fpasswd").status_code == 404
 
 
@@ -352,7 +349,7 @@ def test_a_slow_client_gets_408_within_the_read_deadline(
     port = free_port()
     env = local_env(service_env, tmp_path, UPLOAD_READ_DEADLINE="1")
     start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
-    wait_for(lambda: _up(port), timeout=30, what="the web process")
+    wait_for(lambda: _up(port), timeout=30, message="the web process")
     body = picture("PNG")
     for trickle in (True, False):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -390,7 +387,7 @@ def test_a_chunked_upload_is_read_up_to_its_cap_by_the_real_web_process(
     port = free_port()
     env = local_env(service_env, tmp_path, UPLOAD_MAX_BYTES="100000")
     start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
-    wait_for(lambda: _up(port), timeout=30, what="the web process")
+    wait_for(lambda: _up(port), timeout=30, message="the web process")
     url = f"http://127.0.0.1:{port}/api/v1/uploads"
 
     def chunks(data: bytes):
