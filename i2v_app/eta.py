@@ -1,4 +1,4 @@
-"""Time-to-callback estimates: the request's place in the queue, the workers and their threads, and the timing settings."""
+"""Time-to-callback estimates: place in the queue, worker processes and their threads, timing settings."""
 
 from __future__ import annotations
 
