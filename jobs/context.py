@@ -157,7 +157,16 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     )
 
 
-@functools.cache
+#: The first jobs of a threaded worker start together: one of them builds the context, once.
+_context_lock = threading.Lock()
+
+
 def get_context() -> Context:
-    """The process's context, from the environment (and `.env`)."""
+    """The process's context, from the environment (and `.env`), built once for all its threads."""
+    with _context_lock:
+        return _process_context()
+
+
+@functools.cache
+def _process_context() -> Context:
     return build_context(load_settings(), _worker_redis)
