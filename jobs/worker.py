@@ -395,6 +395,8 @@ class PipelineWorker(SimpleWorker):
         stop_beating = getattr(self, "_stop_beating", None)
         if stop_beating is not None:
             stop_beating.set()
+            # A beat still under way would write the worker's hash again after its death.
+            self._beater.join(timeout=10)
         super().teardown()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
