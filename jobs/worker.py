@@ -248,6 +248,10 @@ class PipelineWorker(SimpleWorker):
             state = WorkerStatus.BUSY
         super().set_state(state, pipeline=pipeline)
 
+    def serialize(self) -> dict:
+        """RQ's worker hash, with ``threads``: how many jobs this worker runs at once at most."""
+        return {**super().serialize(), "threads": self.threads}
+
     def running_jobs(self) -> list[Job]:
         """The jobs this process runs now."""
         with self._lock:

@@ -51,6 +51,7 @@ def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
     assert len(workers) == 1
     worker = workers[0]
     assert worker.get_state() == "busy"
+    assert redis.hget(worker.key, "threads") == b"50"
     assert len(worker.get_current_executions(refresh=True)) == len(ids)
     connections = [c for c in redis.client_list() if c.get("name") == worker.name]
     assert 2 <= len(connections) <= REDIS_CONNECTIONS, connections
