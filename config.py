@@ -570,6 +570,16 @@ class Settings:
         "worker's request resumes within about a minute); each beat costs CPU, which is what limits requests "
         "in flight per machine.",
     )
+    worker_threads: int = setting(
+        "WORKER_THREADS", 100, whole(1, 1000), section=RECOVERY,
+        doc="Requests one worker process runs at once, each in its own thread. The web's ETA counts processes "
+        "times this, so set the same value on web and worker.",
+    )
+    worker_heavy_steps: int = setting(
+        "WORKER_HEAVY_STEPS", 2, whole(1, 64), section=RECOVERY,
+        doc="Image downloads, video copies and local encodes one worker process runs at once (their memory "
+        "peaks must fit the dyno).",
+    )
 
     # --- Who may call, and how much; records and logs
     auth_disabled: bool = setting(
@@ -724,8 +734,9 @@ OTHER_VARIABLES = (
         doc="Proxies whose `X-Forwarded-*` headers gunicorn trusts (`*` behind Heroku's router).",
     ),
     Variable(
-        "WORKER_PROCESSES", 4, whole(1), section=PROCESSES,
-        doc="Workers in the `worker` process's `rq worker-pool`; each runs one request at a time.",
+        "WORKER_PROCESSES", 2, whole(1), section=PROCESSES,
+        doc="Worker processes in the `worker` process's `rq worker-pool`; each runs up to `WORKER_THREADS` "
+        "requests at once.",
     ),
     Variable(
         "PROMETHEUS_MULTIPROC_DIR", "", TEXT, section=PROCESSES, note="a new temporary directory",

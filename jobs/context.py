@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
@@ -19,6 +21,7 @@ from jobs.clients.pika import PikaClient
 from jobs.clients.replicate import ReplicateAPI, ReplicateCaptioner, ReplicateVideo
 from jobs.errors import GenerationFailed
 from jobs.fetch import FetchError, download
+from jobs.heavy import HeavySteps
 from jobs.media import MediaStore
 from jobs.slots import VideoSlots
 from jobs.store import RequestStore
@@ -40,25 +43,42 @@ class Context:
     game: GameClient
     slots: VideoSlots
     media: MediaStore
-    #: (record key, monotonic time) of this process's last cancel read; it runs one request at a time.
-    last_cancel_check: tuple[str, float] = ("", 0.0)
+    #: The process's cap on memory-heavy steps (``WORKER_HEAVY_STEPS``), shared by its threads.
+    heavy: HeavySteps
+    #: Per thread, ``last`` = (record key, monotonic time) of its last cancel read: each thread runs one request.
+    cancel_checks: threading.local = field(default_factory=threading.local)
 
 
-def resilient_redis(url: str) -> Redis:
+def resilient_redis(url: str, max_connections: int | None = None, client_name: str | None = None) -> Redis:
     """A connection for worker-side processes that waits out a Redis outage instead of failing.
 
     Every command is retried with back-off until Redis answers again, so a job in flight pauses
     during an outage and carries on afterwards (and still calls back once), and the worker's own
     loop neither crashes nor needs a restart loop around it.
+
+    Args:
+        url: the Redis URL.
+        max_connections: a cap on the connections of the process (a worker running many threads);
+            a thread that finds them all in use waits for one instead of opening another.
+        client_name: the name each connection gives itself (``CLIENT LIST`` shows it).
     """
-    return Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=-1),
-        retry_on_error=[ConnectionError, TimeoutError],
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "retry": Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=-1),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
+    if client_name:
+        options["client_name"] = client_name
+    if not max_connections:
+        return Redis.from_url(url, **options)
+    # No timeout: a command waits for a free connection rather than failing (jobs.worker explains
+    # why the cap cannot deadlock).
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None, **options)
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 #: A worker's own connection, which the jobs it runs share (see ``share_connection``).
@@ -84,7 +104,8 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     """
     redis = redis or resilient_redis(settings.redis_url)
     media = MediaStore(settings, redis)
-    images = ImageSource(settings, media)
+    heavy = HeavySteps(settings.worker_heavy_steps)
+    images = ImageSource(settings, media, heavy)
     api = ReplicateAPI(settings)
 
     def keep(url: str, name: str) -> str:
@@ -95,7 +116,8 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         if media.exists(name):
             return media.url(name)
         try:
-            with media.writer(name) as out:
+            # A video of up to VIDEO_MAX_BYTES on its way to the store: one of the heavy steps.
+            with heavy.turn(), media.writer(name) as out:
                 download(
                     url,
                     out,
@@ -130,10 +152,20 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         game=GameClient(settings),
         slots=VideoSlots(redis, video.max_concurrency(), lease=settings.job_timeout),
         media=media,
+        heavy=heavy,
     )
 
 
-@functools.cache
+#: The first jobs of a threaded worker start together: one of them builds the context, once.
+_context_lock = threading.Lock()
+
+
 def get_context() -> Context:
-    """The process's context, from the environment (and `.env`)."""
+    """The process's context, from the environment (and `.env`), built once for all its threads."""
+    with _context_lock:
+        return _process_context()
+
+
+@functools.cache
+def _process_context() -> Context:
     return build_context(load_or_exit("worker"), _worker_redis)

@@ -7,8 +7,10 @@ using Pillow for the frames and the ffmpeg binary that the ``imageio-ffmpeg`` pa
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -18,6 +20,7 @@ from config import Settings
 from jobs.backends import VIDEO_TIMINGS, PredictionState, VideoState
 from jobs.errors import CaptionFailed, GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
+from jobs.heavy import HeavySteps
 from jobs.media import MediaStore, upload_name
 from jobs.titles import title_from_prompt
 
@@ -41,6 +44,8 @@ NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 #: Longest side of a local video, in pixels: enough to look at, quick to encode.
 VIDEO_SIDE = 720
+#: Seconds an encode may take before the encoder is killed (a few seconds is usual).
+RENDER_TIMEOUT = 120.0
 
 
 def nearest_colour(rgb: tuple[int, int, int]) -> str:
@@ -75,30 +80,33 @@ class ImageSource:
     instead: never over HTTP, so they work however the public address routes (or does not).
     """
 
-    def __init__(self, settings: Settings, media: MediaStore | None = None) -> None:
+    def __init__(self, settings: Settings, media: MediaStore | None = None, heavy: HeavySteps | None = None) -> None:
         self.settings = settings
         self.media = media
+        self.heavy = heavy
 
     def load(self, url: str, failure: type[Exception]) -> Image.Image:
         """Fetch and decode the image at ``url``; ``failure`` is raised with the reason."""
         s = self.settings
         upload = upload_name(url, s.public_base_url) if self.media is not None else None
-        try:
-            if upload is not None and self.media is not None:
-                stored = self.media.read_upload(upload)
-                if stored is None:
-                    raise failure(f"the uploaded image {upload} has expired (UPLOAD_TTL) or never existed")
-                return open_image(stored)
-            data = fetch(
-                url,
-                max_bytes=s.image_max_bytes,
-                timeout=(s.http_connect_timeout, s.http_read_timeout),
-                deadline=s.download_deadline,
-                allowlist=s.image_host_allowlist,
-            )
-            return open_image(data)
-        except FetchError as exc:
-            raise failure(str(exc)) from None
+        # Download and decode hold the whole picture in memory: one of the process's heavy steps.
+        with self.heavy.turn() if self.heavy else contextlib.nullcontext():
+            try:
+                if upload is not None and self.media is not None:
+                    stored = self.media.read_upload(upload)
+                    if stored is None:
+                        raise failure(f"the uploaded image {upload} has expired (UPLOAD_TTL) or never existed")
+                    return open_image(stored)
+                data = fetch(
+                    url,
+                    max_bytes=s.image_max_bytes,
+                    timeout=(s.http_connect_timeout, s.http_read_timeout),
+                    deadline=s.download_deadline,
+                    allowlist=s.image_host_allowlist,
+                )
+                return open_image(data)
+            except FetchError as exc:
+                raise failure(str(exc)) from None
 
 
 class LocalCaptioner:
@@ -156,7 +164,10 @@ class LocalVideo:
     def submit(self, image_url: str, prompt: str, media_name: str = "") -> str:
         """Make the video now; its job id is the media name."""
         image = self.images.load(image_url, GenerationFailed)
-        self.media.save(media_name, render(image, self.settings.local_video_seconds, self.settings.local_video_fps))
+        # Frames, the encoder and the finished video in memory: one of the process's heavy steps.
+        with self.images.heavy.turn() if self.images.heavy else contextlib.nullcontext():
+            video = render(image, self.settings.local_video_seconds, self.settings.local_video_fps)
+            self.media.save(media_name, video)
         return media_name
 
     def poll(self, job_id: str, media_name: str = "", prompt: str | None = None) -> VideoState:
@@ -183,22 +194,35 @@ def render(image: Image.Image, seconds: float, fps: int) -> bytes:
             *("-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"),
             *("-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an"),
             *("-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"),
+            # Two encoder threads, not one per core: a dyno counts every thread against its task limit.
+            *("-threads", "2"),
             str(out),
         ]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdin is not None
-        for n in range(frames):
-            t = n / max(1, frames - 1)
-            zoom = 1.0 + 0.2 * t  # 1.0x to 1.2x of the output frame
-            crop_w, crop_h = source.width / (1.25 * zoom), source.height / (1.25 * zoom)
-            left = (source.width - crop_w) * (0.2 + 0.6 * t)  # pan from left to right
-            top = (source.height - crop_h) / 2
-            frame = source.resize(
-                (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
-            )
-            proc.stdin.write(frame.tobytes())
-        proc.stdin.close()
-        errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
+        # A stuck encoder must not hold its worker thread (and a heavy-step slot) for ever.
+        watchdog = threading.Timer(RENDER_TIMEOUT, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for n in range(frames):
+                t = n / max(1, frames - 1)
+                zoom = 1.0 + 0.2 * t  # 1.0x to 1.2x of the output frame
+                crop_w, crop_h = source.width / (1.25 * zoom), source.height / (1.25 * zoom)
+                left = (source.width - crop_w) * (0.2 + 0.6 * t)  # pan from left to right
+                top = (source.height - crop_h) / 2
+                frame = source.resize(
+                    (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
+                )
+                proc.stdin.write(frame.tobytes())
+            proc.stdin.close()
+            errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            code = proc.wait()
+        except BrokenPipeError:
+            proc.kill()
+            code, errors = proc.wait(), "the encoder stopped reading"
+        finally:
+            watchdog.cancel()
+        if code != 0:
             raise GenerationFailed(f"ffmpeg could not encode the video: {errors[-300:]}")
         return out.read_bytes()
