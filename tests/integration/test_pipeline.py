@@ -32,6 +32,8 @@ def test_happy_path_calls_back_once_with_the_video(api, fakes, worker) -> None:
     callback = fakes.game.callbacks_for("happy")[0]
     assert callback.headers["x-api-key"] == "game_test_key_0123456789"
     assert callback.headers["webhook-id"].startswith("msg_")
+    [attempt] = record["callback"].pop("history")
+    assert attempt["status_code"] == 200 and attempt["error"] is None
     assert record["callback"] == {
         "status": "delivered",
         "attempts": 1,
