@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
@@ -255,3 +257,23 @@ def with_failing_view(app: Flask) -> Flask:
 
     app.add_url_rule("/boom", "boom", boom, methods=["GET", "POST"])
     return app
+
+
+class CountingRedis:
+    """Answers HGET of the cancel flag and counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.canceled = False
+
+    def hget(self, key: str, field: str) -> bytes | None:
+        """The cancel flag (``b"1"`` once ``canceled`` is set), counting the read."""
+        self.reads += 1
+        return b"1" if self.canceled else None
+
+
+def waiting_context(poll_interval: float) -> SimpleNamespace:
+    """Just what the pipeline's sleep and cancel check read: the poll interval and a counting Redis."""
+    return SimpleNamespace(
+        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), cancel_checks=threading.local()
+    )
