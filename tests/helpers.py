@@ -56,6 +56,19 @@ FAST_TIMINGS = {
     "WORKER_PROCESSES": "1",
 }
 
+#: What a worker and the app need in development with the offline backends; images come from 127.0.0.1.
+DEV = {
+    "I2V_ENV": "development",
+    "CAPTION_BACKEND": "local",
+    "VIDEO_BACKEND": "local",
+    "IMAGE_HOST_ALLOWLIST": "127.0.0.1",
+    "LOCAL_VIDEO_SECONDS": "1",
+    "LOCAL_VIDEO_FPS": "8",
+    "GAME_API_KEY": "",
+}
+#: Seconds a test waits for an answer from a process it started over HTTP.
+HTTP_TIMEOUT = 5.0
+
 
 def completed_callback(video_url: str, title: str = "Plane fly") -> dict:
     """The GAME callback body for a finished video, written out as ../shared/CONTRACTS.md gives it."""
