@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
@@ -53,6 +55,19 @@ FAST_TIMINGS = {
     "WORKER_HEARTBEAT_INTERVAL": "1",
     "WORKER_PROCESSES": "1",
 }
+
+#: What a worker and the app need in development with the offline backends; images come from 127.0.0.1.
+DEV = {
+    "I2V_ENV": "development",
+    "CAPTION_BACKEND": "local",
+    "VIDEO_BACKEND": "local",
+    "IMAGE_HOST_ALLOWLIST": "127.0.0.1",
+    "LOCAL_VIDEO_SECONDS": "1",
+    "LOCAL_VIDEO_FPS": "8",
+    "GAME_API_KEY": "",
+}
+#: Seconds a test waits for an answer from a process it started over HTTP.
+HTTP_TIMEOUT = 5.0
 
 
 def completed_callback(video_url: str, title: str = "Plane fly") -> dict:
@@ -255,3 +270,23 @@ def with_failing_view(app: Flask) -> Flask:
 
     app.add_url_rule("/boom", "boom", boom, methods=["GET", "POST"])
     return app
+
+
+class CountingRedis:
+    """Answers HGET of the cancel flag and counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.canceled = False
+
+    def hget(self, key: str, field: str) -> bytes | None:
+        """The cancel flag (``b"1"`` once ``canceled`` is set), counting the read."""
+        self.reads += 1
+        return b"1" if self.canceled else None
+
+
+def waiting_context(poll_interval: float) -> SimpleNamespace:
+    """Just what the pipeline's sleep and cancel check read: the poll interval and a counting Redis."""
+    return SimpleNamespace(
+        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), cancel_checks=threading.local()
+    )

@@ -18,19 +18,7 @@ from i2v_app import create_app
 from launch import free_port
 from tests.api import HttpApi
 from tests.fakes.files import probe
-from tests.helpers import wait_for
-
-#: What a worker and the app need in development with the offline backends; images come from 127.0.0.1.
-DEV = {
-    "I2V_ENV": "development",
-    "CAPTION_BACKEND": "local",
-    "VIDEO_BACKEND": "local",
-    "IMAGE_HOST_ALLOWLIST": "127.0.0.1",
-    "LOCAL_VIDEO_SECONDS": "1",
-    "LOCAL_VIDEO_FPS": "8",
-    "GAME_API_KEY": "",
-}
-HTTP_TIMEOUT = 5.0
+from tests.helpers import DEV, HTTP_TIMEOUT, wait_for
 
 
 @pytest.fixture

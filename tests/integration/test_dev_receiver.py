@@ -12,8 +12,7 @@ from config import settings_from
 from i2v_app import create_app
 from launch import free_port
 from tests.api import HttpApi
-from tests.helpers import wait_for
-from tests.integration.test_dev_mode import DEV, HTTP_TIMEOUT
+from tests.helpers import DEV, HTTP_TIMEOUT, wait_for
 
 BODY = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
 

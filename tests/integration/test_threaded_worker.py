@@ -16,7 +16,6 @@ from rq.registry import StartedJobRegistry
 from jobs.worker import REDIS_CONNECTIONS, PipelineWorker
 from tests.fakes import Fault
 from tests.helpers import python_env, wait_for
-from tests.integration.test_pipeline import final_record, one_callback, submit
 
 #: One worker process with many threads, and timings a loaded machine can keep.
 THREADED = {"WORKER_THREADS": "50", "POLL_INTERVAL": "0.5", "INITIAL_WAIT_TIME": "0.5", "MAX_CHECK_TIME": "30"}
@@ -33,19 +32,19 @@ def started(redis, settings) -> int:
 
 
 def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
-    client, fake_replicate, fake_pika, fake_game, start_process, redis, redis_url, settings
+    api, fakes, start_process, redis, redis_url, settings
 ) -> None:
     """40 requests in one process at once: all in RQ's registries, ≤ 10 Redis connections, one callback each."""
-    fake_pika.duration = 4
+    fakes.pika.duration = 4
     start_process("worker", **THREADED)
     ids = [f"many-{n}" for n in range(40)]
     for n, request_id in enumerate(ids):
-        submit(client, request_id, image(n))
+        api.submit(request_id, image(n), expect=202)
 
     def all_running() -> bool:
         return started(redis, settings) == len(ids)
 
-    wait_for(all_running, timeout=20, interval=0.1, what="every request running at once")
+    wait_for(all_running, timeout=20, interval=0.1, message="every request running at once")
     workers = Worker.all(connection=redis)
     assert len(workers) == 1
     worker = workers[0]
@@ -66,77 +65,75 @@ def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
     assert f"queue {settings.queue_name} 0" in info, info
 
     for request_id in ids:
-        assert final_record(client, request_id, timeout=40)["status"] == "completed"
-        assert one_callback(fake_game, request_id)["data"]["status"] == "COMPLETED"
-    assert sorted(g["image"] for g in fake_pika.generates) == sorted(image(n) for n in range(len(ids)))
-    assert len(fake_replicate.creates) == len(ids)
+        assert api.settled(request_id, timeout=40)["status"] == "completed"
+        assert api.one_callback(request_id)["data"]["status"] == "COMPLETED"
+    assert sorted(g["image"] for g in fakes.pika.generates) == sorted(image(n) for n in range(len(ids)))
+    assert len(fakes.replicate.creates) == len(ids)
     assert len([c for c in redis.client_list() if c.get("name") == worker.name]) <= REDIS_CONNECTIONS
-    wait_for(lambda: Worker.all(connection=redis)[0].get_state() == "idle", what="the worker idle again")
+    wait_for(lambda: Worker.all(connection=redis)[0].get_state() == "idle", message="the worker idle again")
 
 
-def test_a_process_takes_only_as_many_requests_as_it_has_threads(
-    client, fake_pika, fake_game, start_process, redis, settings
-) -> None:
+def test_a_process_takes_only_as_many_requests_as_it_has_threads(api, fakes, start_process, redis, settings) -> None:
     """With 3 threads and 5 requests, 3 run and 2 stay in the queue for any other process."""
-    fake_pika.duration = 2
+    fakes.pika.duration = 2
     start_process("worker", **{**THREADED, "WORKER_THREADS": "3"})
     for n in range(5):
-        submit(client, f"few-{n}", image(n))
-    wait_for(lambda: started(redis, settings) == 3, timeout=15, what="three requests running")
+        api.submit(f"few-{n}", image(n), expect=202)
+    wait_for(lambda: started(redis, settings) == 3, timeout=15, message="three requests running")
     time.sleep(0.5)
     assert started(redis, settings) == 3
     assert len(Queue(settings.queue_name, connection=redis)) == 2
     for n in range(5):
-        assert final_record(client, f"few-{n}", timeout=40)["status"] == "completed"
-    assert len(fake_game.callbacks) == 5
+        assert api.settled(f"few-{n}", timeout=40)["status"] == "completed"
+    assert len(fakes.game.callbacks) == 5
 
 
 def test_cancel_with_many_in_flight_frees_every_thread_within_the_bound(
-    client, fake_pika, fake_game, start_process, redis, settings
+    api, fakes, start_process, redis, settings
 ) -> None:
     """20 polling requests canceled: one FAILED callback each, and their threads stop within 3 polls."""
-    fake_pika.outcome = "never"
+    fakes.pika.outcome = "never"
     start_process("worker", **THREADED)
     ids = [f"cancel-{n}" for n in range(20)]
     for n, request_id in enumerate(ids):
-        submit(client, request_id, image(n))
-    wait_for(lambda: len(fake_pika.generates) == len(ids), timeout=20, what="every request submitted to Pika")
-    wait_for(lambda: started(redis, settings) == len(ids), timeout=10, what="every request polling")
+        api.submit(request_id, image(n), expect=202)
+    wait_for(lambda: len(fakes.pika.generates) == len(ids), timeout=20, message="every request submitted to Pika")
+    wait_for(lambda: started(redis, settings) == len(ids), timeout=10, message="every request polling")
     for request_id in ids:
-        assert client.delete(f"/api/v1/i2v/{request_id}").status_code == 202
+        assert api.cancel(request_id).status_code == 202
     canceled_at = time.monotonic()
     # The documented bound: a waiting request reads the cancel flag at least every 3 polls (1.5 s here).
-    wait_for(lambda: started(redis, settings) == 0, timeout=10, what="every thread stopped")
+    wait_for(lambda: started(redis, settings) == 0, timeout=10, message="every thread stopped")
     assert time.monotonic() - canceled_at < 3 * 0.5 + 2.5
-    polls = sum(fake_pika.polls.values())
+    polls = sum(fakes.pika.polls.values())
     time.sleep(1.5)
-    assert sum(fake_pika.polls.values()) <= polls + 1
+    assert sum(fakes.pika.polls.values()) <= polls + 1
     for request_id in ids:
-        assert one_callback(fake_game, request_id) == FAILED
-        assert final_record(client, request_id)["status"] == "canceled"
+        assert api.one_callback(request_id) == FAILED
+        assert api.settled(request_id)["status"] == "canceled"
 
 
-def test_a_hung_provider_call_delays_no_other_request(client, fake_pika, fake_game, start_process) -> None:
+def test_a_hung_provider_call_delays_no_other_request(api, fakes, start_process) -> None:
     """One request's poll hangs 5 s; five requests sent after it finish meanwhile, and it finishes after."""
-    fake_pika.duration = 0.5
+    fakes.pika.duration = 0.5
     start_process("worker", **THREADED, HTTP_READ_TIMEOUT="10")
-    fake_pika.add_fault("job", Fault.slow(5))
-    submit(client, "hung", image(0))
-    wait_for(lambda: fake_pika.requests_for("job"), timeout=15, what="the first (hung) poll")
+    fakes.pika.add_fault("job", Fault.slow(5))
+    api.submit("hung", image(0), expect=202)
+    wait_for(lambda: fakes.pika.requests_for("job"), timeout=15, message="the first (hung) poll")
     hung_since = time.monotonic()
     for n in range(1, 6):
-        submit(client, f"free-{n}", image(n))
+        api.submit(f"free-{n}", image(n), expect=202)
     for n in range(1, 6):
-        assert final_record(client, f"free-{n}", timeout=20)["status"] == "completed"
+        assert api.settled(f"free-{n}", timeout=20)["status"] == "completed"
     assert time.monotonic() - hung_since < 5
-    assert client.get("/api/v1/i2v/hung").get_json()["status"] == "processing"
-    assert final_record(client, "hung", timeout=20)["status"] == "completed"
-    assert one_callback(fake_game, "hung")["data"]["status"] == "COMPLETED"
+    assert api.record("hung")["status"] == "processing"
+    assert api.settled("hung", timeout=20)["status"] == "completed"
+    assert api.one_callback("hung")["data"]["status"] == "COMPLETED"
 
 
-def test_plain_rq_worker_still_runs_a_job(client, fake_game, service_env, redis_url, settings) -> None:
+def test_plain_rq_worker_still_runs_a_job(api, service_env, redis_url, settings) -> None:
     """RQ's own forking worker, one job at a time, runs the pipeline job to one callback."""
-    submit(client, "plain")
+    api.submit("plain", expect=202)
     rq = os.path.join(os.path.dirname(sys.executable), "rq")
     done = subprocess.run(
         [rq, "worker", "--burst", "--url", redis_url, settings.queue_name],
@@ -146,8 +143,8 @@ def test_plain_rq_worker_still_runs_a_job(client, fake_game, service_env, redis_
         timeout=60,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert final_record(client, "plain")["status"] == "completed"
-    assert one_callback(fake_game, "plain")["data"]["status"] == "COMPLETED"
+    assert api.settled("plain")["status"] == "completed"
+    assert api.one_callback("plain")["data"]["status"] == "COMPLETED"
 
 
 @pytest.fixture

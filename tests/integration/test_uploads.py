@@ -25,8 +25,8 @@ from i2v_app import create_app
 from jobs.media import UPLOAD_DIR
 from launch import free_port
 from tests.api import Api
+from tests.fuzzing import CHECKS, INVALID, VALID, fuzz, load
 from tests.helpers import wait_for
-from tests.integration.test_fuzz import CHECKS, INVALID, VALID, fuzz, load
 
 BASE = "http://127.0.0.1:9"  # nothing listens there: an upload is never read back over HTTP
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

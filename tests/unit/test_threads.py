@@ -23,7 +23,7 @@ from jobs.shutdown import WorkerStopping
 from jobs.states import Status
 from jobs.store import Record
 from jobs.worker import PipelineWorker
-from tests.unit.test_waits import context
+from tests.helpers import waiting_context
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def record(request_id: str = "r") -> Record:
 
 def test_a_job_past_its_deadline_stops_at_its_next_step() -> None:
     """The time limit RQ's SIGALRM gave: a sleep stops at the job's deadline with RQ's timeout exception."""
-    ctx = context(0.1)
+    ctx = waiting_context(0.1)
     shutdown.set_deadline(0.3)
     started = time.monotonic()
     with pytest.raises(JobTimeoutException):
@@ -72,7 +72,7 @@ def test_a_deadline_belongs_to_its_thread() -> None:
 
 def test_cancel_reads_stay_spaced_out_with_two_requests_in_two_threads() -> None:
     """Each thread keeps its own last cancel read: two requests sleeping together do not undo each other's."""
-    ctx = context(0.1)
+    ctx = waiting_context(0.1)
 
     def wait(request_id: str) -> None:
         rec = record(request_id)

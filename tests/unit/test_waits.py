@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,24 +11,7 @@ from jobs import pipeline, shutdown
 from jobs.errors import RequestCanceled
 from jobs.shutdown import WorkerStopping
 from jobs.store import Record
-
-
-class CountingRedis:
-    """Answers HGET of the cancel flag and counts the reads."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-        self.canceled = False
-
-    def hget(self, key: str, field: str) -> bytes | None:
-        self.reads += 1
-        return b"1" if self.canceled else None
-
-
-def context(poll_interval: float) -> SimpleNamespace:
-    return SimpleNamespace(
-        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), cancel_checks=threading.local()
-    )
+from tests.helpers import waiting_context
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +22,7 @@ def no_stop_flag():
 
 
 def test_sigterm_wakes_a_long_sleep_at_once() -> None:
-    ctx, record = context(10.0), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
+    ctx, record = waiting_context(10.0), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
     threading.Timer(0.2, shutdown.REQUESTED.set).start()
     started = time.monotonic()
     with pytest.raises(WorkerStopping):
@@ -49,7 +31,7 @@ def test_sigterm_wakes_a_long_sleep_at_once() -> None:
 
 
 def test_cancel_is_read_at_most_every_three_polls_while_sleeping() -> None:
-    ctx, record = context(0.1), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
+    ctx, record = waiting_context(0.1), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
     pipeline.check_cancel(ctx, record)  # a step starts with a fresh read
     started = time.monotonic()
     for _ in range(12):  # twelve polls' worth of sleeping: about four reads, one per 0.3 s
@@ -63,7 +45,7 @@ def test_cancel_is_read_at_most_every_three_polls_while_sleeping() -> None:
 
 
 def test_a_step_always_reads_the_flag() -> None:
-    ctx, record = context(10.0), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
+    ctx, record = waiting_context(10.0), Record(request_id="r", image_url="https://cdn.example.com/a.jpg")
     pipeline.check_cancel(ctx, record)
     ctx.redis.canceled = True
     with pytest.raises(RequestCanceled):
