@@ -12,7 +12,6 @@ from flask_smorest import Blueprint, abort
 
 from i2v_app import eta, lifecycle, services
 from i2v_app.errors import SafeJSONParser
-from i2v_app.intake import read_submission
 from i2v_app.schemas import (
     REQUEST_ID_PATTERN,
     RequestHeadersSchema,
@@ -106,19 +105,17 @@ class Submissions(MethodView):
     """Submitting images."""
 
     @secured
-    # Documented here, read by intake.read_submission: the hot path skips webargs when it can.
-    @blp.doc(
-        parameters=[{"in": "header", "schema": RequestHeadersSchema}],
-        requestBody={"required": True, "content": {"application/json": {"schema": SubmitSchema}}},
-    )
+    # Headers first: a bad x-request-id is reported even when the body is bad too. Schema
+    # instances, so that webargs does not build new ones for every submission.
+    @blp.arguments(RequestHeadersSchema(), location="headers")
+    @blp.arguments(SubmitSchema())
     @blp.alt_response(202, schema=SubmitReplySchema, description="Accepted")
     @blp.alt_response(200, schema=SubmitReplySchema, description="Already submitted with this id: nothing new runs")
     @blp.alt_response(409, response="CONFLICT")
     @blp.alt_response(400, response="BAD_REQUEST")
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
-    def post(self) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def post(self, headers: dict[str, str], body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Start turning an image into a video.
 
         The reply comes at once; the video comes later by one callback for this
@@ -127,13 +124,10 @@ class Submissions(MethodView):
         answered 409 when it was used with another image, or when another API key's request
         already uses it at the same callback URL.
         """
-        submission = read_submission(blp.ARGUMENTS_PARSER)
-        request_id = submission.request_id
+        request_id, callback = headers["request_id"], body.get("callback_url")
         g.request_id = request_id
-        check_callback_url(submission.callback_url)
-        record = Record(
-            request_id=request_id, image_url=submission.image_url, owner=owner(), callback_url=submission.callback_url
-        )
+        check_callback_url(callback)
+        record = Record(request_id=request_id, image_url=body["image_id"], owner=owner(), callback_url=callback)
         try:
             outcome = lifecycle.submit(record)
         except lifecycle.Backlogged as exc:
