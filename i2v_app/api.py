@@ -28,9 +28,9 @@ blp.ARGUMENTS_PARSER = SafeJSONParser()
 
 def secured(view: Callable[..., Any]) -> Callable[..., Any]:
     """Document that an operation needs an API key (see i2v_app.auth), and the errors every one has."""
-    for status, name in ((401, "UNAUTHORIZED"), (429, "TOO_MANY_REQUESTS"), (503, "SERVICE_UNAVAILABLE")):
-        view = blp.alt_response(status, response=name)(view)
-    return blp.doc(security=[{"bearerAuth": []}])(view)
+    # One documentation layer: each flask-smorest decorator is also a call on every request.
+    errors = {401: "UNAUTHORIZED", 429: "TOO_MANY_REQUESTS", 503: "SERVICE_UNAVAILABLE"}
+    return blp.doc(security=[{"bearerAuth": []}], responses=errors)(view)
 
 
 def owner() -> str:
@@ -109,12 +109,19 @@ class Submissions(MethodView):
     # instances, so that webargs does not build new ones for every submission.
     @blp.arguments(RequestHeadersSchema(), location="headers")
     @blp.arguments(SubmitSchema())
-    @blp.alt_response(202, schema=SubmitReplySchema, description="Accepted")
-    @blp.alt_response(200, schema=SubmitReplySchema, description="Already submitted with this id: nothing new runs")
-    @blp.alt_response(409, response="CONFLICT")
-    @blp.alt_response(400, response="BAD_REQUEST")
-    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+    @blp.doc(
+        responses={
+            202: {"description": "Accepted", "content": {"application/json": {"schema": SubmitReplySchema}}},
+            200: {
+                "description": "Already submitted with this id: nothing new runs",
+                "content": {"application/json": {"schema": SubmitReplySchema}},
+            },
+            409: "CONFLICT",
+            400: "BAD_REQUEST",
+            413: "REQUEST_ENTITY_TOO_LARGE",
+            415: "UNSUPPORTED_MEDIA_TYPE",
+        }
+    )
     def post(self, headers: dict[str, str], body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Start turning an image into a video.
 

@@ -77,3 +77,34 @@ def test_a_refused_body_names_its_field_and_stores_nothing(client, redis, body: 
     assert list(resp.get_json()["errors"]) == [field]
     assert resp.get_json()["detail"].startswith(f"{field}: ")
     assert redis.keys("i2v:req:*") == []
+
+
+def test_the_spec_documents_the_submission_as_it_is_read(client) -> None:
+    """The header and body schemas that read a submission are the ones the spec shows, with every answer."""
+    spec = client.get("/openapi.json").get_json()
+    operation = spec["paths"]["/api/v1/i2v"]["post"]
+    [header] = operation["parameters"]
+    assert (header["in"], header["name"], header["required"]) == ("header", "x-request-id", True)
+    assert header["schema"]["maxLength"] == 128
+    assert operation["requestBody"] == {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Submit"}}},
+    }
+    assert set(spec["components"]["schemas"]["Submit"]["properties"]) == {"image_id", "callback_url"}
+    reply = {"application/json": {"schema": {"$ref": "#/components/schemas/SubmitReply"}}}
+    assert operation["responses"]["202"]["content"] == operation["responses"]["200"]["content"] == reply
+    errors = {
+        code: answer["$ref"].rsplit("/", 1)[1] for code, answer in operation["responses"].items() if "$ref" in answer
+    }
+    assert errors == {
+        "400": "BAD_REQUEST",
+        "401": "UNAUTHORIZED",
+        "409": "CONFLICT",
+        "413": "REQUEST_ENTITY_TOO_LARGE",
+        "415": "UNSUPPORTED_MEDIA_TYPE",
+        "422": "UNPROCESSABLE_ENTITY",
+        "429": "TOO_MANY_REQUESTS",
+        "503": "SERVICE_UNAVAILABLE",
+        "default": "DEFAULT_ERROR",
+    }
+    assert operation["security"] == [{"bearerAuth": []}]
