@@ -25,7 +25,7 @@ STEPS = (
     ("authentication (auth.authenticate)", "i2v_app/auth.py", "authenticate"),
     ("edge limits (limits.check_limits)", "i2v_app/limits.py", "check_limits"),
     ("metrics hooks (before + after)", "i2v_app/metrics.py", ("start_timer", "count")),
-    ("reading and validating the submission (intake.read_submission)", "i2v_app/intake.py", "read_submission"),
+    ("reading and validating the submission (webargs, both schemas)", "webargs/core.py", "parse"),
     ("view: Submissions.post", "i2v_app/api.py", "post"),
     ("record + RQ job in one round trip (lifecycle.submit)", "i2v_app/lifecycle.py", "submit"),
     ("of which making the RQ job (store.pipeline_job)", "jobs/store.py", "pipeline_job"),

@@ -120,6 +120,17 @@ def test_signature_verifies_with_the_standardwebhooks_package() -> None:
         Webhook(SECRET).verify(body + b" ", headers)
 
 
+def test_signatures_are_pinned_byte_for_byte() -> None:
+    """The Standard Webhooks reference example, and two rotating secrets as the service has always signed them."""
+    assert sign((SECRET,), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}') == (
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+    body = b'{"data":{"addToInventory":false,"status":"FAILED","output":null}}'
+    assert sign((SECRET, OTHER), "msg_0123456789abcdef0123456789abcdef01234567", 1764547200, body) == (
+        "v1,qkIhaOq3SxAPiSBcMp7jX7TNuuMcRaa+ycFJJazeOK0= v1,jhRUDWGkXGckx267SamWDTK719+61siacFp4GUqgSuE="
+    )
+
+
 def test_rotation_signs_with_every_secret() -> None:
     import time
 

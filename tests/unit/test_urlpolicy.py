@@ -315,3 +315,24 @@ def test_the_url_downloaded_is_ascii_and_keeps_existing_escapes() -> None:
     checked = inspect_url("http://bücher.example/bü%20cher.png?q=ü&r=a%2Fb#frag")
     assert checked.ascii_url == "http://xn--bcher-kva.example/b%C3%BC%20cher.png?q=%C3%BC&r=a%2Fb"
     assert inspect_url("https://cdn.example.com:8443").ascii_url == "https://cdn.example.com:8443/"
+
+
+WHITESPACE_REASON = "must not contain whitespace or control characters"
+
+
+def refusal(ch: str) -> str | None:
+    """Why a URL with ``ch`` in its path is refused, or None."""
+    try:
+        inspect_url(f"https://cdn.example.com/a{ch}b.jpg")
+    except UnsafeURL as exc:
+        return str(exc)
+    return None
+
+
+def test_every_whitespace_and_control_character_is_refused_and_no_other() -> None:
+    """Whitespace (all that str.isspace knows), C0 controls and DEL are refused as such; other characters are not."""
+    unsafe = [chr(n) for n in range(0x110000) if chr(n).isspace() or n < 32 or n == 127]
+    assert len(unsafe) > 50
+    assert {ch for ch in unsafe if refusal(ch) != WHITESPACE_REASON} == set()
+    others = (chr(n) for n in range(0x3100) if chr(n) not in unsafe)
+    assert {ch for ch in others if refusal(ch) == WHITESPACE_REASON} == set()
