@@ -25,7 +25,7 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
-from bench import common, sizing
+from bench import common
 from bench.common import BenchError, Section, table
 
 TARGET_PSS_MB = 30.0
@@ -338,7 +338,7 @@ def report(
     quick: bool,
     timings: dict[str, str],
 ) -> Section:
-    """Markdown and verdicts of the capacity part, with the sizing table."""
+    """Markdown and verdicts of the capacity part (the sizing table, part 4, is built from its data)."""
     worker_line = common.procfile_command("worker")
     largest = max(m["workers"] for m in measured)
     best = max((m for m in measured if m["workers"] == largest), key=lambda m: m["pss_per_request_mb"])
@@ -486,8 +486,6 @@ def report(
             ),
         ]
     section.data = {"steps": measured, "crash": crash}
-    sizing_section = sizing.section(best, quick)
-    section.markdown += "\n\n" + sizing_section
     return section
 
 
