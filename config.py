@@ -120,6 +120,12 @@ class Settings:
     worker_heartbeat_interval: int = 30
     janitor_grace: float = 30.0
 
+    # Worker processes: how many requests each runs at once, and how many of them may do heavy work.
+    #: Requests one worker process runs at once, each in its own thread (2 x 100 fit a Standard-1X dyno).
+    worker_threads: int = 100
+    #: Image downloads, video copies and local encodes one worker process runs at once (memory peaks).
+    worker_heavy_steps: int = 2
+
     # Who may call, and how much.
     #: SHA-256 hex digests of the accepted API keys (plain keys are hashed at load time).
     api_key_digests: tuple[str, ...] = field(default=(), repr=False)
@@ -320,6 +326,8 @@ _NUMBERS: dict[str, tuple[str, bool, float, float | None]] = {
     "JANITOR_INTERVAL": ("janitor_interval", False, 0.1, None),
     "JANITOR_GRACE": ("janitor_grace", False, 0, None),
     "WORKER_HEARTBEAT_INTERVAL": ("worker_heartbeat_interval", True, 1, 600),
+    "WORKER_THREADS": ("worker_threads", True, 1, 1000),
+    "WORKER_HEAVY_STEPS": ("worker_heavy_steps", True, 1, 64),
     "PIKA_FRAME_RATE": ("pika_frame_rate", True, 1, 24),
     "PIKA_MOTION": ("pika_motion", True, 1, 4),
     "PIKA_GUIDANCE_SCALE": ("pika_guidance_scale", False, 5, 25),

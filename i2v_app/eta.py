@@ -1,4 +1,4 @@
-"""Time-to-callback estimates: the request's place in the queue, the workers, and the timing settings."""
+"""Time-to-callback estimates: place in the queue, worker processes and their threads, timing settings."""
 
 from __future__ import annotations
 
@@ -50,14 +50,16 @@ def estimate(settings: Settings, record: Record, ahead: int, workers: int) -> tu
         settings: the timing settings.
         record: the request.
         ahead: requests in the queue before this one (for a queued request).
-        workers: worker processes serving the queue (at least one is assumed).
+        workers: worker processes serving the queue (at least one is assumed); each runs
+            ``WORKER_THREADS`` requests at once (the web reads the same setting as the workers).
     """
     if record.terminal:
         return None
     now = time.time()
     if record.status == Status.QUEUED:
-        # Each worker takes one request at a time: the queue drains in waves of `workers`.
-        wait = (ahead // max(workers, 1)) * typical_run(settings)
+        # Each thread of each worker takes one request at a time: the queue drains in waves of
+        # processes x threads.
+        wait = (ahead // (max(workers, 1) * settings.worker_threads)) * typical_run(settings)
         return math.ceil(wait + typical_run(settings)), math.ceil(wait + latest_run(settings))
     if record.submitted_at:
         first_poll = record.submitted_at + first_poll_after(settings)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
@@ -19,6 +20,7 @@ from jobs.clients.pika import PikaClient
 from jobs.clients.replicate import ReplicateAPI, ReplicateCaptioner, ReplicateVideo
 from jobs.errors import GenerationFailed
 from jobs.fetch import FetchError, download
+from jobs.heavy import HeavySteps
 from jobs.media import MediaStore
 from jobs.slots import PikaSlots
 from jobs.store import RequestStore
@@ -40,25 +42,39 @@ class Context:
     game: GameClient
     slots: PikaSlots
     media: MediaStore
-    #: (record key, monotonic time) of this process's last cancel read; it runs one request at a time.
-    last_cancel_check: tuple[str, float] = ("", 0.0)
+    #: The process's cap on memory-heavy steps (``WORKER_HEAVY_STEPS``), shared by its threads.
+    heavy: HeavySteps
+    #: Per thread, ``last`` = (record key, monotonic time) of its last cancel read: each thread runs one request.
+    cancel_checks: threading.local = field(default_factory=threading.local)
 
 
-def resilient_redis(url: str) -> Redis:
+def resilient_redis(url: str, max_connections: int | None = None) -> Redis:
     """A connection for worker-side processes that waits out a Redis outage instead of failing.
 
     Every command is retried with back-off until Redis answers again, so a job in flight pauses
     during an outage and carries on afterwards (and still calls back once), and the worker's own
     loop neither crashes nor needs a restart loop around it.
+
+    Args:
+        url: the Redis URL.
+        max_connections: a cap on the connections of the process (a worker running many threads);
+            a thread that finds them all in use waits for one instead of opening another.
     """
-    return Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=-1),
-        retry_on_error=[ConnectionError, TimeoutError],
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "retry": Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=-1),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
+    if not max_connections:
+        return Redis.from_url(url, **options)
+    # No timeout: a command waits for a free connection rather than failing (jobs.worker explains
+    # why the cap cannot deadlock).
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None, **options)
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 #: A worker's own connection, which the jobs it runs share (see ``share_connection``).
@@ -84,7 +100,8 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     """
     redis = redis or resilient_redis(settings.redis_url)
     media = MediaStore(settings, redis)
-    images = ImageSource(settings)
+    heavy = HeavySteps(settings.worker_heavy_steps)
+    images = ImageSource(settings, heavy)
     api = ReplicateAPI(settings)
 
     def keep(url: str, name: str) -> str:
@@ -95,7 +112,8 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         if media.exists(name):
             return media.url(name)
         try:
-            with media.writer(name) as out:
+            # A video of up to VIDEO_MAX_BYTES on its way to the store: one of the heavy steps.
+            with heavy.turn(), media.writer(name) as out:
                 download(
                     url,
                     out,
@@ -132,6 +150,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
             redis, settings.pika_max_concurrency if settings.video_backend == "pika" else 0, lease=settings.job_timeout
         ),
         media=media,
+        heavy=heavy,
     )
 
 

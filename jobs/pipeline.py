@@ -35,7 +35,6 @@ from jobs.errors import (
     TransientError,
 )
 from jobs.media import name_secret
-from jobs.shutdown import WorkerStopping
 from jobs.states import Stage, Status
 from jobs.store import Record, now_iso
 from jobs.titles import title_from_video_url
@@ -372,16 +371,17 @@ def check_cancel(ctx: Context, record: Record, max_age: float = 0.0) -> None:
     Raises:
         RequestCanceled: the caller canceled.
         WorkerStopping: the worker got SIGTERM; RQ requeues the job and another worker resumes it.
+        JobTimeoutException: the job ran past its RQ timeout (enforced here, not by SIGALRM).
     """
-    if shutdown.REQUESTED.is_set():
-        raise WorkerStopping("the worker is stopping; the request goes back to the queue")
-    checked_key, checked_at = ctx.last_cancel_check
+    shutdown.check()
+    # Per thread: the process runs many requests at once, each in a thread of its own.
+    checked_key, checked_at = getattr(ctx.cancel_checks, "last", ("", 0.0))
     now = time.monotonic()
     if max_age and checked_key == record.key and now - checked_at < max_age:
         return
     if ctx.redis.hget(record.key, "cancel_requested") in (b"1", "1"):
         raise RequestCanceled("canceled by the caller")
-    ctx.last_cancel_check = (record.key, now)
+    ctx.cancel_checks.last = (record.key, now)
 
 
 def sleep(ctx: Context, record: Record, seconds: float) -> None:

@@ -1,17 +1,47 @@
-"""The worker's "stop now" flag, set on SIGTERM; the pipeline checks it between steps and waits on it."""
+"""The worker's "stop now" flag (SIGTERM) and each job thread's deadline, checked by the pipeline between steps."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
+
+from rq.timeouts import JobTimeoutException
 
 #: Set when the worker is asked to stop; a running request then hands itself back to the queue.
 REQUESTED = threading.Event()
 
+#: The running job's deadline (monotonic seconds), one per thread: a worker runs many jobs at once.
+_deadline = threading.local()
+
 
 class WorkerStopping(Exception):
     """Raised inside a job when its worker is stopping; RQ's retry requeues the job at once."""
+
+
+def set_deadline(seconds: float | None) -> None:
+    """Give the job running in this thread ``seconds`` from now (None or <= 0: no deadline).
+
+    RQ's own time limit is a SIGALRM, which only the main thread can take; jobs run in threads of
+    their own, so the job enforces its limit itself at every step (see :func:`check`).
+    """
+    _deadline.at = time.monotonic() + seconds if seconds and seconds > 0 else None
+    _deadline.seconds = seconds
+
+
+def check() -> None:
+    """Stop the job in this thread if its worker is stopping or its time limit has passed.
+
+    Raises:
+        WorkerStopping: the worker got SIGTERM; the job goes back to the queue.
+        JobTimeoutException: the job ran past its RQ timeout; RQ retries it as after SIGALRM.
+    """
+    if REQUESTED.is_set():
+        raise WorkerStopping("the worker is stopping; the request goes back to the queue")
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() >= at:
+        raise JobTimeoutException(f"Task exceeded maximum timeout value ({_deadline.seconds:g} seconds)")
 
 
 def relay(event: threading.Event) -> Callable[[], None]:

@@ -1,10 +1,24 @@
-"""The RQ worker the Procfile runs (inside ``rq worker-pool``).
+"""The RQ worker the Procfile runs (inside ``rq worker-pool``): many requests at once, each in a thread.
 
-It runs each job in its own process, without forking a work-horse per job: a request spends
-minutes waiting, and a fork per request doubles the memory each one holds. What the fork gave
-is kept by other means: a heartbeat thread shows the job is alive (so the janitor notices a
-dead worker within ``WORKER_HEARTBEAT_INTERVAL`` + 15 s), and on SIGTERM the running request
-hands itself back to the queue at its next step instead of being cut off by the platform.
+A request spends minutes waiting (``time.sleep``-style waits on the stop flag, and polls), and a
+waiting request needs a thread and a record in Redis, not a process of its own. So each worker
+process runs up to ``WORKER_THREADS`` jobs at once, each in its own thread, and takes a job off
+the queue only when one of its threads is free: queued requests stay in Redis for any idle
+process. What RQ's fork per job gave is kept by other means:
+
+- **Liveness.** One heartbeat thread per process refreshes the worker and every running
+  execution and job in one pipeline (one round trip) every ``WORKER_HEARTBEAT_INTERVAL``, so the
+  janitor notices a dead process within ``WORKER_HEARTBEAT_INTERVAL`` + 15 s and hands all its
+  requests to live workers.
+- **Time limits.** RQ's death penalty is a SIGALRM, which only the main thread can take (and one
+  alarm per process cannot time many jobs): :class:`NoDeathPenalty` replaces it, and each job
+  enforces its own limit at every step (``jobs.shutdown.check``), with a timeout on every outbound
+  call, so one hung call holds only its own thread.
+- **SIGTERM.** Every running request hands itself back to the queue at its next step (a wait is
+  cut short at once; a provider call in progress finishes first), and the process exits once all
+  its threads have.
+- **Redis.** One connection pool per process, capped at :data:`REDIS_CONNECTIONS` however many
+  threads run, shared by the worker loop, the heartbeat and the jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from types import TracebackType
@@ -22,8 +37,10 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue as RQQueue
+from rq.timeouts import BaseDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
+from rq.worker.base import StopRequested
 
 from config import ConfigError, configure_logging, known_secrets, load_settings, mask
 from jobs import shutdown
@@ -32,6 +49,18 @@ from jobs.scheduling import STAND_IN_INTERVAL, start_movers
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 log = logging.getLogger(__name__)
+
+#: Redis connections one worker process opens at most, whatever ``WORKER_THREADS`` is. Two are held
+#: for good (the queue's blocking dequeue and RQ's command channel); the scheduled-job mover and RQ's
+#: end-of-job bookkeeping may each hold one while they ask for a second (a WATCHed transaction), so
+#: they are bounded (one mover, :data:`FINISHING` jobs at a time) and 2 + 2 + 2 * 2 + the heartbeat
+#: stay below the cap. Every other use takes a connection for one command or pipeline and gives it
+#: back, so a thread that finds all in use only waits a moment: the cap cannot deadlock.
+REDIS_CONNECTIONS = 10
+#: Jobs of one process in RQ's end-of-job bookkeeping at once (see REDIS_CONNECTIONS).
+FINISHING = 2
+#: Seconds between two looks at the stop flag while the main thread waits for a free thread.
+WAIT_SLICE = 1.0
 
 
 @contextlib.contextmanager
@@ -49,16 +78,41 @@ def main_thread_signals() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-class PipelineWorker(SimpleWorker):
-    """An RQ worker that validates the settings before it takes any job.
+class NoDeathPenalty(BaseDeathPenalty):
+    """RQ's time limit, turned off: jobs run in threads, where SIGALRM cannot be installed.
 
-    A bad setting or a missing provider token stops the process at start with a message naming
-    the variables, instead of failing every request later.
+    RQ's default (``UnixSignalDeathPenalty``) calls ``signal.signal`` and ``signal.alarm``, which
+    raise ``ValueError`` outside the main thread, and one process-wide alarm could not time many
+    jobs anyway. The limit is kept inside the job instead: ``jobs.shutdown.set_deadline`` at its
+    start, checked at every step of the pipeline. RQ also wraps success and failure callbacks in
+    this class; they are short and every call in them has a timeout.
+    """
+
+    def setup_death_penalty(self) -> None:
+        """Nothing to arm."""
+
+    def cancel_death_penalty(self) -> None:
+        """Nothing to disarm."""
+
+
+class PipelineWorker(SimpleWorker):
+    """An RQ worker that runs up to ``WORKER_THREADS`` jobs at once, each in its own thread.
+
+    It validates the settings before it takes any job: a bad setting or a missing provider token
+    stops the process at start with a message naming the variables, instead of failing every
+    request later.
+
+    RQ's worker hash has one ``state``: ``busy`` while at least one thread runs a job, ``idle``
+    otherwise. Every running execution is in RQ's started registry and in the worker's execution
+    set (``rq:worker:<name>:executions``), which is what ``rq info`` counts and rq-dashboard lists;
+    the dashboard's "current job" of a worker is one of them.
     """
 
     #: Seconds a missed heartbeat is tolerated. RQ allows 60; a shorter grace lets the janitor
     #: hand a dead worker's request to a live one well within two minutes.
     HEARTBEAT_GRACE = 15
+
+    death_penalty_class = NoDeathPenalty
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -69,8 +123,9 @@ class PipelineWorker(SimpleWorker):
         if missing:
             raise SystemExit(f"i2v worker: refusing to start, missing {', '.join(missing)}")
         configure_logging(settings)
-        # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis).
-        connection = resilient_redis(settings.redis_url)
+        # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis)
+        # and opens at most REDIS_CONNECTIONS connections, shared by every thread of the process.
+        connection = resilient_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS)
         share_connection(connection)
         kwargs["connection"] = connection
         if args:
@@ -80,6 +135,177 @@ class PipelineWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.job_monitoring_interval = settings.worker_heartbeat_interval
         self.secrets = known_secrets(settings)
+        self.threads = settings.worker_threads
+        #: One permit per thread; the main thread takes one before it takes a job off the queue.
+        self._free = threading.BoundedSemaphore(self.threads)
+        #: Execution id -> (job, thread) of every job thread of this process.
+        self._running: dict[str, tuple[Job, threading.Thread]] = {}
+        #: Execution id -> (job, execution) of the executions the heartbeat keeps alive.
+        self._beating: dict[str, tuple[Job, Execution]] = {}
+        #: Held while a heartbeat is written and while an ended execution leaves ``_beating``: a
+        #: beat never brings back the execution of a job that has just been cleaned up.
+        self._lock = threading.Lock()
+        self._finishing = threading.BoundedSemaphore(FINISHING)
+        self._ended = threading.Condition()
+        self._dequeuing = False
+
+    # -- the work loop ---------------------------------------------------------------------------
+
+    def work(self, *args: Any, with_scheduler: bool = False, **kwargs: Any) -> bool:
+        """RQ's work loop, with the heartbeat thread and a stand-in mover of scheduled jobs.
+
+        ``rq worker-pool`` asks every worker for RQ's scheduler (``with_scheduler=True``), which
+        forks a process that, once dead, is replaced only at a maintenance run ten minutes later;
+        and a fork of a process running threads can inherit a lock held by a thread that does not
+        exist in the child. The stand-in is a thread of this process instead (see jobs.scheduling);
+        it moves scheduled jobs only while the janitor, which normally does it, is down.
+        """
+        queue_names = self.queue_names()
+        self._stop_beating = threading.Event()
+        with main_thread_signals():
+            thread, stop = start_movers(self.connection, queue_names, STAND_IN_INTERVAL)
+            self._request_hand_back = shutdown.relay(shutdown.REQUESTED)
+            self._beater = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+            self._beater.start()
+        try:
+            return super().work(*args, with_scheduler=False, **kwargs)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """Take a job off the queue once a thread is free; until then the job stays for other processes.
+
+        In burst mode (``timeout`` None) an empty queue ends the loop only once no job runs here,
+        as with a worker that runs one job at a time.
+        """
+        self._dequeuing = True
+        try:
+            while not self._free.acquire(timeout=WAIT_SLICE):
+                pass
+            try:
+                while True:
+                    result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                    if result is not None or timeout is not None or not self._wait_for_a_job_to_end():
+                        break
+            except BaseException:
+                self._free.release()
+                raise
+            if result is None:
+                self._free.release()
+            return result
+        finally:
+            self._dequeuing = False
+
+    def _wait_for_a_job_to_end(self) -> bool:
+        """Wait until one of the running jobs ends; False at once if none runs."""
+        with self._ended:
+            if not self._running:
+                return False
+            self._ended.wait(WAIT_SLICE)
+            return True
+
+    def execute_job(self, job: Job, queue: RQQueue) -> None:
+        """Start the job in a thread of its own and return: the loop then looks for the next one.
+
+        The execution is recorded here, before the thread starts, so that RQ's started registry
+        holds the job from the moment it left the queue.
+        """
+        execution = self.prepare_execution(job)
+        thread = threading.Thread(target=self._run, args=(job, queue, execution), name=f"job-{job.id}", daemon=True)
+        with self._lock:
+            self._running[execution.id] = (job, thread)
+            self._beating[execution.id] = (job, execution)
+        with main_thread_signals():
+            thread.start()
+
+    def _run(self, job: Job, queue: RQQueue, execution: Execution) -> None:
+        """A job's thread: perform it with its time limit, then free the thread."""
+        try:
+            shutdown.set_deadline(job.timeout or self.queue_class.DEFAULT_TIMEOUT)
+            self.perform_job(job, queue, execution)
+        except Exception:  # perform_job handles the job's own failures; this is RQ's bookkeeping failing
+            log.exception("the worker could not finish the job's bookkeeping", extra={"job_id": job.id})
+        finally:
+            shutdown.set_deadline(None)
+            with self._lock:
+                self._running.pop(execution.id, None)
+                self._beating.pop(execution.id, None)
+                idle = not self._running
+            if idle:
+                with contextlib.suppress(Exception):
+                    self.set_state(WorkerStatus.IDLE)
+            self._free.release()
+            with self._ended:
+                self._ended.notify_all()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's state, but ``busy`` as long as any thread of this process runs a job."""
+        if state == WorkerStatus.IDLE and self._running:
+            state = WorkerStatus.BUSY
+        super().set_state(state, pipeline=pipeline)
+
+    def running_jobs(self) -> list[Job]:
+        """The jobs this process runs now."""
+        with self._lock:
+            return [job for job, _ in self._running.values()]
+
+    # -- heartbeats --------------------------------------------------------------------------------
+
+    def _beat_forever(self) -> None:
+        """The heartbeat thread: one beat every ``WORKER_HEARTBEAT_INTERVAL`` until the worker ends."""
+        while not self._stop_beating.wait(self.job_monitoring_interval):
+            try:
+                self.beat()
+            except Exception as exc:  # a missed beat is retried at the next one; this thread must not end
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+
+    def beat(self) -> None:
+        """Refresh the worker, and every running execution and job, in one pipeline (one round trip).
+
+        What RQ's ``maintain_heartbeats`` does for one job, for all of them at once: hundreds of
+        jobs of a process cost one round trip per interval, not hundreds.
+        """
+        worker_ttl = self.job_monitoring_interval + 60
+        with self._lock, self.connection.pipeline() as pipe:
+            self.heartbeat(worker_ttl, pipeline=pipe)
+            job_beats: list[tuple[Job, int]] = []
+            for job, execution in self._beating.values():
+                working_time = (now() - job.started_at).total_seconds() if job.started_at else 0.0
+                ttl = self.get_heartbeat_ttl(job, working_time=working_time)
+                execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
+                job_beats.append((job, len(pipe)))
+                job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
+            results = pipe.execute()
+            # As in RQ: a job hash that a beat created (the job was deleted meanwhile) is removed,
+            # and a worker hash that had expired is written again in full.
+            for job, index in job_beats:
+                if results[index] == 1:
+                    pipe.delete(job.key)
+            if results[0] == 1:
+                pipe.hset(self.key, mapping=self.serialize())
+                pipe.expire(self.key, worker_ttl)
+            if len(pipe):
+                pipe.execute()
+
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
+        """RQ's clean-up of an ended execution, after the job has left the heartbeat's list."""
+        if execution is not None:
+            with self._lock:
+                self._beating.pop(execution.id, None)
+        super().cleanup_execution(job, pipeline, execution)
+
+    # -- the end of a job --------------------------------------------------------------------------
+
+    def handle_job_success(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's bookkeeping of a finished job, :data:`FINISHING` jobs at a time (see REDIS_CONNECTIONS)."""
+        with self._finishing:
+            super().handle_job_success(*args, **kwargs)
+
+    def handle_job_retry(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's bookkeeping of a job that asked for a retry, :data:`FINISHING` jobs at a time."""
+        with self._finishing:
+            super().handle_job_retry(*args, **kwargs)
 
     def handle_job_failure(self, job: Job, queue: RQQueue, *args: Any, exc_string: str = "", **kwargs: Any) -> None:
         """Record a failure as RQ does, with every known secret masked in the traceback it stores.
@@ -87,45 +313,8 @@ class PipelineWorker(SimpleWorker):
         RQ keeps the traceback in Redis (the job hash, its results, the dashboard); a provider's
         error message or a local variable in it must not carry a token there.
         """
-        super().handle_job_failure(job, queue, *args, exc_string=mask(exc_string, self.secrets), **kwargs)
-
-    def work(self, *args: Any, with_scheduler: bool = False, **kwargs: Any) -> bool:
-        """RQ's work loop, with a stand-in mover of scheduled jobs instead of RQ's forked scheduler.
-
-        ``rq worker-pool`` asks every worker for RQ's scheduler (``with_scheduler=True``), which
-        forks a process that, once dead, is replaced only at a maintenance run ten minutes later.
-        The stand-in is a thread of this process instead (see jobs.scheduling); it moves scheduled
-        jobs only while the janitor, which normally does it, is down.
-        """
-        queue_names = self.queue_names()
-        with main_thread_signals():
-            thread, stop = start_movers(self.connection, queue_names, STAND_IN_INTERVAL)
-            self._request_hand_back = shutdown.relay(shutdown.REQUESTED)
-        try:
-            return super().work(*args, with_scheduler=False, **kwargs)
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-
-    def execute_job(self, job: Job, queue: RQQueue) -> None:
-        """Run the job here, with a thread keeping its heartbeat fresh."""
-        execution = self.prepare_execution(job)
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(self.job_monitoring_interval):
-                with contextlib.suppress(Exception):  # a missed beat is retried at the next one
-                    self.maintain_heartbeats(job, execution)
-
-        thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
-        with main_thread_signals():
-            thread.start()
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            done.set()
-            thread.join()
-        self.set_state(WorkerStatus.IDLE)
+        with self._finishing:
+            super().handle_job_failure(job, queue, *args, exc_string=mask(exc_string, self.secrets), **kwargs)
 
     def _finalize_failure(
         self,
@@ -150,17 +339,19 @@ class PipelineWorker(SimpleWorker):
             pipe.execute()
         log.info("handed the job back to the queue", extra={"job_id": job.id, "retries_left": job.retries_left})
 
+    # -- stopping ----------------------------------------------------------------------------------
+
     def subscribe(self) -> None:
         """RQ's command channel, listened to by a thread that must not take the stop signals."""
         with main_thread_signals():
             super().subscribe()
 
     def request_stop(self, signum: int, frame: Any) -> None:
-        """On SIGTERM, hand the running request back at once instead of finishing it here.
+        """On SIGTERM, have every running request hand itself back at once instead of finishing here.
 
-        A platform restart (Heroku: SIGTERM, then SIGKILL 30 s later) would otherwise cut a wait of
-        minutes short anyway. The request stops at its next step and RQ requeues it; a live worker
-        resumes it from its record: same prediction, same Pika job, one callback.
+        A platform restart (Heroku: SIGTERM, then SIGKILL 30 s later) would otherwise cut waits of
+        minutes short anyway. Each request stops at its next step and goes back to the queue; a
+        live worker resumes it from its record: same prediction, same Pika job, one callback.
         """
         # Through the relay: REQUESTED.set() here could wait forever on a lock this thread holds.
         getattr(self, "_request_hand_back", shutdown.REQUESTED.set)()
@@ -169,12 +360,39 @@ class PipelineWorker(SimpleWorker):
         self._shutdown_requested_date = now()
         super().request_stop(signum, frame)
 
+    def _shutdown(self) -> None:
+        """Leave the loop at once while it waits for a thread or a job; else right after starting its job."""
+        self._stop_requested = True
+        if self._dequeuing:
+            raise StopRequested()
+
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """A second stop signal: ignored when it is the echo of the first (pool + platform)."""
         stamped = getattr(self, "_shutdown_requested_date", None)
         if stamped is None or now() - stamped < timedelta(seconds=1):
             return
         super().request_force_stop(signum, frame)
+
+    def teardown(self) -> None:
+        """Wait for every thread to end (hand back on SIGTERM, finish in burst mode), then leave RQ.
+
+        The heartbeat goes on meanwhile: a thread inside a provider call hands back only when the
+        call returns (at most ``HTTP_READ_TIMEOUT``).
+        """
+        with self._lock:
+            threads = [thread for _, thread in self._running.values()]
+        if threads:
+            log.info("waiting for the running jobs to end", extra={"jobs": len(threads)})
+        started = time.monotonic()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(WAIT_SLICE)
+        if threads:
+            log.info("all jobs ended", extra={"seconds": round(time.monotonic() - started, 2)})
+        stop_beating = getattr(self, "_stop_beating", None)
+        if stop_beating is not None:
+            stop_beating.set()
+        super().teardown()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """How long the current execution counts as alive without another heartbeat."""

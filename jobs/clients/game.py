@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import requests
 
 from config import Settings, plain_http_off_machine
-from jobs.clients.http import make_session, retry_after_seconds
+from jobs.clients.http import SessionPerCall, retry_after_seconds
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,12 @@ class GameClient:
     200 would look like a delivery. A 3xx is a failed attempt with its status code, like a 5xx.
     """
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: Settings, session: requests.Session | SessionPerCall | None = None) -> None:
         self.settings = settings
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
-        self.session = session or make_session()
+        # A session per callback by default: the threads of a worker call back at the same time,
+        # and a requests session is not thread-safe.
+        self.session = session or SessionPerCall()
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> DeliveryResult:
         """Send one attempt of a callback with the given raw JSON body and headers."""

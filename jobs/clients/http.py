@@ -48,6 +48,29 @@ def make_session(user_agent: str = "i2v") -> requests.Session:
     return session
 
 
+class SessionPerCall:
+    """Posts like a requests session, but through a new session for every call.
+
+    A worker process runs many requests at once in threads, and requests does not promise that a
+    ``Session`` is thread-safe. Its calls here (a Pika submission, a callback) come once or a few
+    times per request, so a session each costs little, and none is kept open between them.
+
+    Args:
+        user_agent: the ``User-Agent`` of every call.
+    """
+
+    def __init__(self, user_agent: str = "i2v") -> None:
+        self.user_agent = user_agent
+        #: Headers every call sends (on top of the session's defaults).
+        self.headers: dict[str, str] = {}
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        """``requests.Session.post`` on a session of this call's own; the body is read before it closes."""
+        with make_session(self.user_agent) as session:
+            session.headers.update(self.headers)
+            return session.post(url, **kwargs)
+
+
 def environment_proxy(url: str) -> str | None:
     """The proxy HTTP(S)_PROXY / ALL_PROXY name for ``url`` unless NO_PROXY exempts it (requests' rules)."""
     proxies = requests.utils.get_environ_proxies(url)
@@ -68,7 +91,7 @@ def tls_options() -> dict[str, Any]:
     return {"cert_reqs": "CERT_REQUIRED", **location}
 
 
-def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
+def make_pool(base_url: str, user_agent: str = "i2v", maxsize: int = 1) -> urllib3.PoolManager:
     """A bare urllib3 pool for frequent small GETs to one host: a provider's status polls.
 
     Hundreds of workers each poll every few seconds, and each poll wakes a process whose caches
@@ -76,12 +99,16 @@ def make_pool(base_url: str, user_agent: str = "i2v") -> urllib3.PoolManager:
     costs several times the HTTP exchange. The environment is read once, here, with requests'
     rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi).
     urllib3 never reads ``~/.netrc``.
+
+    The pool is thread-safe and shared by all the threads of a worker process: ``maxsize``
+    connections per host are kept open between polls (one more poll at the same moment opens a
+    connection that is closed after it).
     """
     proxy = environment_proxy(base_url)
     headers = {"User-Agent": user_agent}
     if proxy:
-        return proxy_manager(proxy, headers=headers, **tls_options())
-    return urllib3.PoolManager(headers=headers, **tls_options())
+        return proxy_manager(proxy, headers=headers, maxsize=maxsize, **tls_options())
+    return urllib3.PoolManager(headers=headers, maxsize=maxsize, **tls_options())
 
 
 def retry_after_seconds(value: str | None) -> float | None:

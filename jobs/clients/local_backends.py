@@ -7,6 +7,7 @@ using Pillow for the frames and the ffmpeg binary that the ``imageio-ffmpeg`` pa
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from config import Settings
 from jobs.clients.pika import VideoState
 from jobs.errors import CaptionFailed, GenerationFailed
 from jobs.fetch import FetchError, fetch, open_image
+from jobs.heavy import HeavySteps
 from jobs.media import MediaStore
 from jobs.titles import title_from_prompt
 
@@ -71,23 +73,26 @@ def describe(image: Image.Image) -> str:
 class ImageSource:
     """Downloads images under the URL rules, ``IMAGE_MAX_BYTES``, the HTTP timeouts and ``DOWNLOAD_DEADLINE``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, heavy: HeavySteps | None = None) -> None:
         self.settings = settings
+        self.heavy = heavy
 
     def load(self, url: str, failure: type[Exception]) -> Image.Image:
         """Fetch and decode the image at ``url``; ``failure`` is raised with the reason."""
         s = self.settings
-        try:
-            data = fetch(
-                url,
-                max_bytes=s.image_max_bytes,
-                timeout=(s.http_connect_timeout, s.http_read_timeout),
-                deadline=s.download_deadline,
-                allowlist=s.image_host_allowlist,
-            )
-            return open_image(data)
-        except FetchError as exc:
-            raise failure(str(exc)) from None
+        # Download and decode hold the whole picture in memory: one of the process's heavy steps.
+        with self.heavy.turn() if self.heavy else contextlib.nullcontext():
+            try:
+                data = fetch(
+                    url,
+                    max_bytes=s.image_max_bytes,
+                    timeout=(s.http_connect_timeout, s.http_read_timeout),
+                    deadline=s.download_deadline,
+                    allowlist=s.image_host_allowlist,
+                )
+                return open_image(data)
+            except FetchError as exc:
+                raise failure(str(exc)) from None
 
 
 class LocalCaptioner:
@@ -120,7 +125,10 @@ class LocalVideo:
     def submit(self, image_url: str, prompt: str, media_name: str = "") -> str:
         """Make the video now; its job id is the media name."""
         image = self.images.load(image_url, GenerationFailed)
-        self.media.save(media_name, render(image, self.settings.local_video_seconds, self.settings.local_video_fps))
+        # Frames, the encoder and the finished video in memory: one of the process's heavy steps.
+        with self.images.heavy.turn() if self.images.heavy else contextlib.nullcontext():
+            video = render(image, self.settings.local_video_seconds, self.settings.local_video_fps)
+            self.media.save(media_name, video)
         return media_name
 
     def poll(self, job_id: str, media_name: str = "", prompt: str | None = None) -> VideoState:

@@ -12,11 +12,13 @@ import requests
 import urllib3
 
 from config import Settings
-from jobs.clients.http import make_pool, make_session, retry_after_seconds, was_sent
+from jobs.clients.http import SessionPerCall, make_pool, retry_after_seconds, was_sent
 from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
 
 log = logging.getLogger(__name__)
 
+#: Poll connections a worker process keeps open to Pika, shared by its threads (polls are short).
+POLL_CONNECTIONS = 10
 FAILED_STATES = frozenset({"failed", "error"})
 
 
@@ -41,17 +43,19 @@ class PikaClient:
 
     Args:
         settings: base URL, token, generation options and timeouts.
-        session: an HTTP session to reuse (one is made if not given).
+        session: an HTTP session to reuse; by default a session per submission, since the
+            threads of a worker submit at the same time and a requests session is not thread-safe.
     """
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: Settings, session: requests.Session | SessionPerCall | None = None) -> None:
         self.base_url = settings.pikapi_base_url.rstrip("/")
         self.settings = settings
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
-        self.session = session or make_session()
+        self.session = session or SessionPerCall()
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
-        # Polls are the one call made over and over while requests wait: a leaner transport.
-        self.polls = make_pool(self.base_url)
+        # Polls are the one call made over and over while requests wait: a leaner transport, one
+        # (thread-safe) pool for the whole process.
+        self.polls = make_pool(self.base_url, maxsize=POLL_CONNECTIONS)
         self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}", "Accept": "application/json"}
         self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
 

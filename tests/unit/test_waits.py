@@ -28,7 +28,7 @@ class CountingRedis:
 
 def context(poll_interval: float) -> SimpleNamespace:
     return SimpleNamespace(
-        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), last_cancel_check=("", 0.0)
+        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), cancel_checks=threading.local()
     )
 
 
