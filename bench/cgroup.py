@@ -101,9 +101,10 @@ class Box:
                     (path / "memory.swap.max").write_text("0")
                 (path / "pids.max").write_text(str(tasks))
             else:
+                missing = [c for c in ("memory", "pids") if not (root / c / "cgroup.procs").exists()]
+                if missing:  # checked before anything is made, so nothing is left behind
+                    raise CgroupUnavailable(f"no cgroup v1 {' or '.join(missing)} controller under {root}")
                 for controller in ("memory", "pids"):
-                    if not (root / controller / "cgroup.procs").exists():
-                        raise CgroupUnavailable(f"no cgroup v1 {controller} controller under {root}")
                     path = root / controller / name
                     path.mkdir(exist_ok=True)
                     box.dirs[controller] = path

@@ -59,9 +59,13 @@ def test_a_v2_hierarchy_with_both_controllers_is_preferred(tmp_path: Path) -> No
     assert (box.read().memory_limit_hits, box.read().oom_kills) == (4, 1)
 
 
-def test_no_controllers_means_no_box(tmp_path: Path) -> None:
-    with pytest.raises(cgroup.CgroupUnavailable):
+def test_no_controllers_means_no_box_and_says_which_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "cgroup.procs").write_text("")
+
+    with pytest.raises(cgroup.CgroupUnavailable, match="no cgroup v1 pids controller"):
         cgroup.Box.create("dyno", 2**29, 256, root=tmp_path)
+    assert not (tmp_path / "memory" / "dyno").exists()
 
 
 def test_the_wrapped_command_moves_its_shell_into_every_controller_first(tmp_path: Path) -> None:
