@@ -48,7 +48,7 @@ class Context:
     cancel_checks: threading.local = field(default_factory=threading.local)
 
 
-def resilient_redis(url: str, max_connections: int | None = None) -> Redis:
+def resilient_redis(url: str, max_connections: int | None = None, client_name: str | None = None) -> Redis:
     """A connection for worker-side processes that waits out a Redis outage instead of failing.
 
     Every command is retried with back-off until Redis answers again, so a job in flight pauses
@@ -59,6 +59,7 @@ def resilient_redis(url: str, max_connections: int | None = None) -> Redis:
         url: the Redis URL.
         max_connections: a cap on the connections of the process (a worker running many threads);
             a thread that finds them all in use waits for one instead of opening another.
+        client_name: the name each connection gives itself (``CLIENT LIST`` shows it).
     """
     options: dict[str, Any] = {
         "retry": Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=-1),
@@ -67,6 +68,8 @@ def resilient_redis(url: str, max_connections: int | None = None) -> Redis:
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
+    if client_name:
+        options["client_name"] = client_name
     if not max_connections:
         return Redis.from_url(url, **options)
     # No timeout: a command waits for a free connection rather than failing (jobs.worker explains
@@ -154,7 +157,16 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
     )
 
 
-@functools.cache
+#: The first jobs of a threaded worker start together: one of them builds the context, once.
+_context_lock = threading.Lock()
+
+
 def get_context() -> Context:
-    """The process's context, from the environment (and `.env`)."""
+    """The process's context, from the environment (and `.env`), built once for all its threads."""
+    with _context_lock:
+        return _process_context()
+
+
+@functools.cache
+def _process_context() -> Context:
     return build_context(load_settings(), _worker_redis)

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
+from uuid import uuid4
 
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
@@ -125,7 +126,9 @@ class PipelineWorker(SimpleWorker):
         configure_logging(settings)
         # Replace the CLI's plain connection: this one waits out Redis outages (see resilient_redis)
         # and opens at most REDIS_CONNECTIONS connections, shared by every thread of the process.
-        connection = resilient_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS)
+        # Each connection carries the worker's name, so CLIENT LIST shows whose connections they are.
+        kwargs["name"] = kwargs.get("name") or uuid4().hex
+        connection = resilient_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS, client_name=kwargs["name"])
         share_connection(connection)
         kwargs["connection"] = connection
         if args:
