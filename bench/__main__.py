@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=lambda text: tuple(int(n) for n in text.split(",")),
-        help="capacity steps, e.g. 100 or 100,250 (default 100,250,500; a quick run 20)",
+        help="capacity steps, e.g. 100 or 100,250 (default 100,500; a quick run 20)",
     )
     args = parser.parse_args(argv)
     parts = [args.only] if args.only else list(PARTS)
