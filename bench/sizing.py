@@ -31,6 +31,8 @@ MEMORY_SHARE = 0.8
 TASK_SHARE = 0.9
 #: Share of the cores the waiting requests may keep busy.
 CPU_SHARE = 0.5
+#: The largest WORKER_THREADS the settings accept.
+MAX_THREADS = 1000
 #: Replicate: 600 prediction creates a minute; one create (the caption) per request.
 REPLICATE_CREATES_PER_HOUR = 600 * 60
 RATES = (100, 1_000, 6_000, 18_000, 36_000, 60_000)
@@ -146,17 +148,28 @@ class Fit:
     connections: int
 
 
+def _bounds(platform: Platform, costs: Costs, processes: int) -> dict[str, float]:
+    """Requests a platform holds with ``processes`` worker processes, by each of its limits."""
+    return {
+        "memory": (platform.memory_mb * MEMORY_SHARE - processes * costs.base_mb) * 1024 / costs.request_kb,
+        # One thread per request plus each process's own threads, plus the pool's parent.
+        "processes + threads": platform.tasks * TASK_SHARE - processes * costs.extra_threads - 1,
+        "CPU": platform.cores * CPU_SHARE * 1e6 / costs.cpu_us,
+    }
+
+
 def fit(platform: Platform, costs: Costs) -> Fit:
     """Settings for one dyno or machine: the most requests memory, tasks and CPU allow."""
     # One process per core (the GIL); a shared-CPU dyno keeps the default number of processes.
     processes = max(costs.default_processes if platform.cores == 1 else platform.cores, 1)
-    by_memory = (platform.memory_mb * MEMORY_SHARE - processes * costs.base_mb) * 1024 / costs.request_kb
-    # Tasks: one thread per request plus each process's own threads, plus the pool's parent.
-    by_tasks = platform.tasks * TASK_SHARE - processes * costs.extra_threads - 1
-    by_cpu = platform.cores * CPU_SHARE * 1e6 / costs.cpu_us
-    bounds = {"memory": by_memory, "processes + threads": by_tasks, "CPU": by_cpu}
+    bounds = _bounds(platform, costs, processes)
+    most = min(bounds.values())
+    if most / processes > MAX_THREADS:
+        # WORKER_THREADS stops at its maximum: more processes instead, each with its own base.
+        processes = math.ceil(most / MAX_THREADS)
+        bounds = _bounds(platform, costs, processes)
     bound = min(bounds, key=lambda k: bounds[k])
-    threads = max(math.floor(bounds[bound] / processes), 0)
+    threads = min(max(math.floor(bounds[bound] / processes), 0), MAX_THREADS)
     held = processes * threads
     return Fit(
         processes=processes,
@@ -247,7 +260,9 @@ def section(capacity: dict[str, Any] | None, threads_data: dict[str, Any] | None
                     row.append("-")
                     continue
                 count = math.ceil(need / f.held)
-                connections = count * f.connections + OTHER_CONNECTIONS
+                # Each dyno runs only the processes its share needs (a light load needs few).
+                processes = min(f.processes, math.ceil(math.ceil(need / count) / max(f.threads, 1)))
+                connections = count * math.ceil(processes * costs.connections) + OTHER_CONNECTIONS
                 row.append(f"{count:,} ({connections:,} conn., {plan_for(connections)})")
             if old:
                 row.append(
@@ -259,7 +274,8 @@ def section(capacity: dict[str, Any] | None, threads_data: dict[str, Any] | None
     if old:
         header.append("one request per process (part 3)")
     lines += [
-        "**Requests per hour x generation time → dynos or machines** (each at the settings above), with the "
+        "**Requests per hour x generation time → dynos or machines** (each at the settings above, with only "
+        "as many worker processes as its share of the load needs), with the "
         f"Redis connections of all their worker processes plus {OTHER_CONNECTIONS} for web and scheduler, and "
         "the smallest Heroku Key-Value Store plan that takes them (connection limits: "
         + ", ".join(f"{name} {limit:,}" for name, limit in REDIS_PLANS)

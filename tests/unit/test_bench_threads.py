@@ -128,7 +128,7 @@ COSTS = sizing.Costs(
 )
 
 
-def test_a_standard_1x_is_sized_by_its_task_limit_and_a_performance_m_by_memory() -> None:
+def test_dynos_are_sized_by_tasks_or_memory_with_at_most_1000_threads_a_process() -> None:
     standard_1x, _, performance_m, _ = sizing.DYNOS
 
     small = sizing.fit(standard_1x, COSTS)
@@ -137,8 +137,9 @@ def test_a_standard_1x_is_sized_by_its_task_limit_and_a_performance_m_by_memory(
     # 256 tasks x 0.9 - 2 x 4 own threads - 1 parent = 221 threads, over 2 processes.
     assert (small.processes, small.threads, small.bound) == (2, 110, "processes + threads")
     assert small.connections == 12
-    # 2,560 MB x 0.8 - 2 x 30 MB of bases = 1,988 MB for requests of 200 KB: 10,178.
-    assert (large.processes, large.threads, large.bound) == (2, 5089, "memory")
+    # 2,560 MB x 0.8 - 2 x 30 MB of bases leaves room for 10,178 requests of 200 KB, over the
+    # 2 x 1,000 threads WORKER_THREADS allows: 11 processes, whose bases leave room for 8,796.
+    assert (large.processes, large.threads, large.bound) == (11, 799, "memory")
     assert large.memory_mb <= performance_m.memory_mb * sizing.MEMORY_SHARE
 
 
@@ -170,5 +171,6 @@ def test_the_sizing_section_comes_after_the_capacity_part() -> None:
     ordered = with_sizing(parts, quick=False)
 
     assert [s.title for s in ordered] == ["1. Ingest", "3. Capacity", "4. Sizing", "5. Many requests"]
-    assert "premium-0" in ordered[2].markdown
+    # 3 in flight need one process of a Standard-1X: 6 connections, 10 for web and scheduler.
+    assert "| 100 | 60 s | 3 | 1 (16 conn., mini) |" in ordered[2].markdown
     assert with_sizing(parts[:1], quick=False) == parts[:1]
