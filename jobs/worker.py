@@ -248,6 +248,10 @@ class PipelineWorker(SimpleWorker):
             state = WorkerStatus.BUSY
         super().set_state(state, pipeline=pipeline)
 
+    def serialize(self) -> dict:
+        """RQ's worker hash, with ``threads``: how many jobs this worker runs at once at most."""
+        return {**super().serialize(), "threads": self.threads}
+
     def running_jobs(self) -> list[Job]:
         """The jobs this process runs now."""
         with self._lock:
@@ -395,6 +399,8 @@ class PipelineWorker(SimpleWorker):
         stop_beating = getattr(self, "_stop_beating", None)
         if stop_beating is not None:
             stop_beating.set()
+            # A beat still under way would write the worker's hash again after its death.
+            self._beater.join(timeout=10)
         super().teardown()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -43,6 +44,8 @@ NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 #: Longest side of a local video, in pixels: enough to look at, quick to encode.
 VIDEO_SIDE = 720
+#: Seconds an encode may take before the encoder is killed (a few seconds is usual).
+RENDER_TIMEOUT = 120.0
 
 
 def nearest_colour(rgb: tuple[int, int, int]) -> str:
@@ -155,22 +158,35 @@ def render(image: Image.Image, seconds: float, fps: int) -> bytes:
             *("-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"),
             *("-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an"),
             *("-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"),
+            # Two encoder threads, not one per core: a dyno counts every thread against its task limit.
+            *("-threads", "2"),
             str(out),
         ]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdin is not None
-        for n in range(frames):
-            t = n / max(1, frames - 1)
-            zoom = 1.0 + 0.2 * t  # 1.0x to 1.2x of the output frame
-            crop_w, crop_h = source.width / (1.25 * zoom), source.height / (1.25 * zoom)
-            left = (source.width - crop_w) * (0.2 + 0.6 * t)  # pan from left to right
-            top = (source.height - crop_h) / 2
-            frame = source.resize(
-                (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
-            )
-            proc.stdin.write(frame.tobytes())
-        proc.stdin.close()
-        errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
+        # A stuck encoder must not hold its worker thread (and a heavy-step slot) for ever.
+        watchdog = threading.Timer(RENDER_TIMEOUT, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for n in range(frames):
+                t = n / max(1, frames - 1)
+                zoom = 1.0 + 0.2 * t  # 1.0x to 1.2x of the output frame
+                crop_w, crop_h = source.width / (1.25 * zoom), source.height / (1.25 * zoom)
+                left = (source.width - crop_w) * (0.2 + 0.6 * t)  # pan from left to right
+                top = (source.height - crop_h) / 2
+                frame = source.resize(
+                    (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
+                )
+                proc.stdin.write(frame.tobytes())
+            proc.stdin.close()
+            errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            code = proc.wait()
+        except BrokenPipeError:
+            proc.kill()
+            code, errors = proc.wait(), "the encoder stopped reading"
+        finally:
+            watchdog.cancel()
+        if code != 0:
             raise GenerationFailed(f"ffmpeg could not encode the video: {errors[-300:]}")
         return out.read_bytes()

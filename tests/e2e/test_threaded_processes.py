@@ -77,7 +77,7 @@ def test_sigterm_hands_every_request_back_within_ten_seconds(
     One thread is inside a poll that takes 3 s: it hands back when the call returns, the others at once.
     """
     _, fake_pika, _ = fakes
-    fake_pika.duration = 6
+    fake_pika.duration = 5
     first = put_many_in_flight(client, fakes, start_process, redis, settings)
     fake_pika.add_fault("job", Fault.slow(3))
     polls = len(fake_pika.requests_for("job"))

@@ -51,6 +51,7 @@ def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
     assert len(workers) == 1
     worker = workers[0]
     assert worker.get_state() == "busy"
+    assert redis.hget(worker.key, "threads") == b"50"
     assert len(worker.get_current_executions(refresh=True)) == len(ids)
     connections = [c for c in redis.client_list() if c.get("name") == worker.name]
     assert 2 <= len(connections) <= REDIS_CONNECTIONS, connections
@@ -77,12 +78,12 @@ def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
 def test_a_process_takes_only_as_many_requests_as_it_has_threads(client, fakes, start_process, redis, settings) -> None:
     """With 3 threads and 5 requests, 3 run and 2 stay in the queue for any other process."""
     _, fake_pika, fake_game = fakes
-    fake_pika.duration = 3
+    fake_pika.duration = 2
     start_process("worker", **{**THREADED, "WORKER_THREADS": "3"})
     for n in range(5):
         submit(client, f"few-{n}", image(n))
     wait_for(lambda: started(redis, settings) == 3, timeout=15, what="three requests running")
-    time.sleep(1)
+    time.sleep(0.5)
     assert started(redis, settings) == 3
     assert len(Queue(settings.queue_name, connection=redis)) == 2
     for n in range(5):

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import requests
+from PIL import Image
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from config import Settings
 from i2v_app import eta
 from jobs import pipeline, shutdown
-from jobs.clients import http
+from jobs.clients import http, local_backends
+from jobs.errors import GenerationFailed
 from jobs.heavy import HeavySteps
 from jobs.shutdown import WorkerStopping
 from jobs.states import Status
@@ -181,3 +184,16 @@ def test_the_queue_drains_in_waves_of_processes_times_threads() -> None:
     next_wave = eta.estimate(settings, queued, ahead=200, workers=2)
     assert first == same_wave
     assert next_wave is not None and first is not None and next_wave[0] > first[0]
+
+
+def test_a_stuck_encoder_is_killed_instead_of_holding_its_thread(monkeypatch, tmp_path: Path) -> None:
+    """An encoder that stops reading is killed after RENDER_TIMEOUT and the render fails."""
+    stuck = tmp_path / "stuck-encoder"
+    stuck.write_text("#!/bin/sh\nexec sleep 30\n")
+    stuck.chmod(0o755)
+    monkeypatch.setattr(local_backends.imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(stuck))
+    monkeypatch.setattr(local_backends, "RENDER_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(GenerationFailed):
+        local_backends.render(Image.new("RGB", (320, 200), (40, 80, 200)), 2, 12)
+    assert time.monotonic() - started < 5
