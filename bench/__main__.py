@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks and write the results as markdown.
 
     python -m bench                   # everything; writes bench/RESULTS.md
-    python -m bench --quick           # a smoke run of everything in about a minute
+    python -m bench --quick           # a smoke run of everything in about five minutes
     python -m bench --only lag        # one part (ingest, lag, capacity or threads)
     python -m bench --only capacity --workers 100   # capacity at chosen pool sizes
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the parts, write the results."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=PARTS, help="run one part only")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about five minutes")
     parser.add_argument("--out", type=Path, help="where to write the markdown results")
     parser.add_argument(
         "--workers",
