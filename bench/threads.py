@@ -12,8 +12,9 @@ holding the most requests is SIGKILLed: each of its requests must resume on a li
 two minutes, with no second Pika submission or Replicate prediction. Last every video becomes
 ready, and every request must call back exactly once.
 
-Last, each pool runs at its default size inside a Standard-1X-sized cgroup (512 MB, 256 tasks)
-with as many requests as it takes, and the cgroup's own counters say its peak memory, whether the
+Last, each pool runs inside a Standard-1X-sized cgroup (512 MB, 256 tasks): the threaded one at its
+default WORKER_PROCESSES x WORKER_THREADS, the other with as many processes as 512 MB holds, each
+with as many requests as it takes; the cgroup's own counters say its peak memory, whether the
 kernel OOM-killed anything and whether a thread was refused.
 """
 
@@ -319,7 +320,7 @@ def measure(setup: Setup, name: str, shape: Shape, threads: int | None, p: Plan)
             refill = [f"{name}-c-{i}" for i in range(shape.lag_requests)]
             fill(setup, pool, refill, shape.load, ramp_budget)
         if shape.kill:
-            result["kill"] = kill_busiest(setup, pool, p)
+            result["kill"] = kill_busiest(setup, pool)
         result["callbacks"] = finish_all(setup)
     finally:
         pool.kill()
@@ -357,7 +358,7 @@ def lag_under_load(setup: Setup, ids: list[str], p: Plan) -> dict[str, Any]:
     }
 
 
-def kill_busiest(setup: Setup, pool: common.Service, p: Plan) -> dict[str, Any]:
+def kill_busiest(setup: Setup, pool: common.Service) -> dict[str, Any]:
     """SIGKILL the worker process running the most requests; time their resumption elsewhere."""
     redis = setup.redis.client
     keys = [k.decode() for k in redis.scan_iter(match="i2v:req:*", count=5000)]
