@@ -33,10 +33,9 @@ def started(redis, settings) -> int:
 
 
 def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
-    client, fakes, start_process, redis, redis_url, settings
+    client, fake_replicate, fake_pika, fake_game, start_process, redis, redis_url, settings
 ) -> None:
     """40 requests in one process at once: all in RQ's registries, ≤ 10 Redis connections, one callback each."""
-    fake_replicate, fake_pika, fake_game = fakes
     fake_pika.duration = 4
     start_process("worker", **THREADED)
     ids = [f"many-{n}" for n in range(40)]
@@ -75,9 +74,10 @@ def test_one_process_runs_many_requests_at_once_on_at_most_ten_connections(
     wait_for(lambda: Worker.all(connection=redis)[0].get_state() == "idle", what="the worker idle again")
 
 
-def test_a_process_takes_only_as_many_requests_as_it_has_threads(client, fakes, start_process, redis, settings) -> None:
+def test_a_process_takes_only_as_many_requests_as_it_has_threads(
+    client, fake_pika, fake_game, start_process, redis, settings
+) -> None:
     """With 3 threads and 5 requests, 3 run and 2 stay in the queue for any other process."""
-    _, fake_pika, fake_game = fakes
     fake_pika.duration = 2
     start_process("worker", **{**THREADED, "WORKER_THREADS": "3"})
     for n in range(5):
@@ -92,10 +92,9 @@ def test_a_process_takes_only_as_many_requests_as_it_has_threads(client, fakes, 
 
 
 def test_cancel_with_many_in_flight_frees_every_thread_within_the_bound(
-    client, fakes, start_process, redis, settings
+    client, fake_pika, fake_game, start_process, redis, settings
 ) -> None:
     """20 polling requests canceled: one FAILED callback each, and their threads stop within 3 polls."""
-    _, fake_pika, fake_game = fakes
     fake_pika.outcome = "never"
     start_process("worker", **THREADED)
     ids = [f"cancel-{n}" for n in range(20)]
@@ -117,9 +116,8 @@ def test_cancel_with_many_in_flight_frees_every_thread_within_the_bound(
         assert final_record(client, request_id)["status"] == "canceled"
 
 
-def test_a_hung_provider_call_delays_no_other_request(client, fakes, start_process) -> None:
+def test_a_hung_provider_call_delays_no_other_request(client, fake_pika, fake_game, start_process) -> None:
     """One request's poll hangs 5 s; five requests sent after it finish meanwhile, and it finishes after."""
-    _, fake_pika, fake_game = fakes
     fake_pika.duration = 0.5
     start_process("worker", **THREADED, HTTP_READ_TIMEOUT="10")
     fake_pika.add_fault("job", Fault.slow(5))
@@ -136,9 +134,8 @@ def test_a_hung_provider_call_delays_no_other_request(client, fakes, start_proce
     assert one_callback(fake_game, "hung")["data"]["status"] == "COMPLETED"
 
 
-def test_plain_rq_worker_still_runs_a_job(client, fakes, service_env, redis_url, settings, log_dir) -> None:
+def test_plain_rq_worker_still_runs_a_job(client, fake_game, service_env, redis_url, settings) -> None:
     """RQ's own forking worker, one job at a time, runs the pipeline job to one callback."""
-    _, _, fake_game = fakes
     submit(client, "plain")
     rq = os.path.join(os.path.dirname(sys.executable), "rq")
     done = subprocess.run(
