@@ -30,7 +30,7 @@ test: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/python .ci/audit.py
 
-## bench: benchmarks (ingest, callback lag, capacity, sizing) -> bench/RESULTS.md; BENCH_ARGS=--quick for a smoke run
+## bench: benchmarks (ingest, callback lag, capacity, threaded workers, sizing) -> bench/RESULTS.md; BENCH_ARGS=--quick for a smoke run
 bench: $(STAMP)
 	@missing=""; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \

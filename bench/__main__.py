@@ -1,8 +1,8 @@
 """``python -m bench``: run the benchmarks and write the results as markdown.
 
     python -m bench                   # everything; writes bench/RESULTS.md
-    python -m bench --quick           # a smoke run of everything in about a minute
-    python -m bench --only lag        # one part (ingest, lag or capacity)
+    python -m bench --quick           # a smoke run of everything in about five minutes
+    python -m bench --only lag        # one part (ingest, lag, capacity or threads)
     python -m bench --only capacity --workers 100   # capacity at chosen pool sizes
 
 A full run of everything writes ``bench/RESULTS.md``; ``--quick``, ``--only`` and ``--workers`` write under
@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import common, stamp
+from bench import common, sizing, stamp
 from bench.common import Section, table, verdict
 
-PARTS = ("ingest", "lag", "capacity")
+PARTS = ("ingest", "lag", "capacity", "threads")
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -45,10 +45,14 @@ def run_part(name: str, quick: bool, workers: tuple[int, ...] | None = None) -> 
             from bench import lag
 
             section = lag.run(quick)
-        else:
+        elif name == "capacity":
             from bench import capacity
 
             section = capacity.run(quick, workers)
+        else:
+            from bench import threads
+
+            section = threads.run(quick)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -96,16 +100,26 @@ def render(sections: list[Section], machine: dict[str, str], quick: bool, parts:
     return "\n".join(lines)
 
 
+def with_sizing(sections: list[Section], quick: bool) -> list[Section]:
+    """The parts' sections with the sizing table (from the capacity and threads measurements) after part 3."""
+    data = {s.title.split(".")[0]: s.data for s in sections}
+    table_section = sizing.section(data.get("3"), data.get("5"), quick)
+    if table_section is None:
+        return sections
+    before = [s for s in sections if s.title.split(".")[0] <= "3"]
+    return [*before, table_section, *(s for s in sections if s not in before)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the parts, write the results."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=PARTS, help="run one part only")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about five minutes")
     parser.add_argument("--out", type=Path, help="where to write the markdown results")
     parser.add_argument(
         "--workers",
         type=lambda text: tuple(int(n) for n in text.split(",")),
-        help="capacity steps, e.g. 100 or 100,250 (default 100,250,500; a quick run 20)",
+        help="capacity steps, e.g. 100 or 100,250 (default 100,500; a quick run 20)",
     )
     args = parser.parse_args(argv)
     parts = [args.only] if args.only else list(PARTS)
@@ -128,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         common.stop_everything()
+    sections = with_sizing(sections, args.quick)
     text = render(sections, machine, args.quick, parts, time.monotonic() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(stamp.stamped(text, commit, tree))

@@ -1,7 +1,7 @@
 """Part 3, capacity: how many requests one machine holds in flight, what each costs, and recovery.
 
 The workers are started exactly as the Procfile's ``worker`` line starts them (``rq worker-pool``
-with ``--num-workers ${WORKER_PROCESSES}``), with WORKER_PROCESSES stepped up (100, 250, 500) while
+with ``--num-workers ${WORKER_PROCESSES}``), with WORKER_PROCESSES stepped up (100, then 500) while
 memory allows. Every request waits on a fake Pika job that does not finish during the measurement,
 with the default INITIAL_WAIT_TIME/POLL_INTERVAL, so it sits in ``waiting`` or ``polling``. For each
 step: PSS of all the pool's processes (from ``/proc/<pid>/smaps_rollup``) per request in flight, and
@@ -25,7 +25,7 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
-from bench import common, sizing
+from bench import common
 from bench.common import BenchError, Section, table
 
 TARGET_PSS_MB = 30.0
@@ -269,7 +269,9 @@ def crash_and_resume(
 
 def run(quick: bool, workers: tuple[int, ...] | None = None) -> Section:
     """Step the pool up (``workers``: the steps), measure, crash it, and return the section of RESULTS.md."""
-    steps = workers or ((20,) if quick else (100, 250, 500))
+    # Two steps: part 5 runs the same pool again beside the threaded one, and the whole bench
+    # should stay within about 20 minutes.
+    steps = workers or ((20,) if quick else (100, 500))
     window, settle = (3.0, 1.0) if quick else (20.0, 3.0)
     # Defaults-like timings: requests sit in `waiting` (INITIAL_WAIT_TIME) then `polling`.
     timings = (
@@ -338,7 +340,7 @@ def report(
     quick: bool,
     timings: dict[str, str],
 ) -> Section:
-    """Markdown and verdicts of the capacity part, with the sizing table."""
+    """Markdown and verdicts of the capacity part (the sizing table, part 4, is built from its data)."""
     worker_line = common.procfile_command("worker")
     largest = max(m["workers"] for m in measured)
     best = max((m for m in measured if m["workers"] == largest), key=lambda m: m["pss_per_request_mb"])
@@ -486,8 +488,6 @@ def report(
             ),
         ]
     section.data = {"steps": measured, "crash": crash}
-    sizing_section = sizing.section(best, quick)
-    section.markdown += "\n\n" + sizing_section
     return section
 
 
