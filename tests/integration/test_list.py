@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import time
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 
@@ -40,6 +43,7 @@ def everything(client: FlaskClient, limit: int, **headers: str) -> list[str]:
 def test_list_is_newest_first_and_pages_with_an_opaque_cursor(api: Api, client: FlaskClient) -> None:
     for n in range(5):
         api.submit(f"r-{n}", expect=202)
+        time.sleep(0.002)  # apart by more than a millisecond: ties are ordered by key, not by arrival
     first = client.get("/api/v1/i2v", query_string={"limit": 2}).get_json()
     assert ids(first) == ["r-4", "r-3"]
     assert first["requests"][0]["status"] == "queued"
@@ -48,8 +52,10 @@ def test_list_is_newest_first_and_pages_with_an_opaque_cursor(api: Api, client: 
     assert client.get("/api/v1/i2v").get_json()["next_cursor"] is None  # default limit 20 holds all five
 
 
-def test_each_listed_request_has_the_eta_its_status_read_gives(api: Api, client: FlaskClient) -> None:
+def test_each_listed_request_has_the_eta_its_status_read_gives(app: Flask, api: Api, client: FlaskClient) -> None:
     """The page's queue positions are read in one round trip, and still per request."""
+    # One thread per worker process, so that each request waits behind the one before it.
+    app.extensions["i2v"]["settings"] = dataclasses.replace(app.extensions["i2v"]["settings"], worker_threads=1)
     for n in range(4):
         api.submit(f"q-{n}", expect=202)
     listed = {item["request_id"]: item["eta_seconds"] for item in client.get("/api/v1/i2v").get_json()["requests"]}

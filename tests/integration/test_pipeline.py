@@ -200,6 +200,7 @@ def test_callback_gone_410_stops_at_once(api, fakes, worker) -> None:
     fakes.game.add_fault("callback", Fault.error(410), times=None)
     api.submit("cb410", expect=202)
     record = api.settled("cb410")
+    assert [attempt["status_code"] for attempt in record["callback"].pop("history")] == [410]
     assert record["callback"] == {"status": "failed", "attempts": 1, "last_status_code": 410, "next_attempt_at": None}
 
 
