@@ -138,8 +138,10 @@ def test_the_pipeline_and_the_eta_wait_for_the_same_first_poll(
 def test_the_eta_of_a_queued_request_is_unchanged(
     tmp_path: Path, redis_url: str, caption: str, video: str, typical: float
 ) -> None:
-    """Three requests ahead and two workers: one wave of waiting, then this request's own run."""
-    settings = backend_settings(tmp_path, redis_url, video, caption, INITIAL_WAIT_TIME="300", POLL_INTERVAL="10")
+    """Three requests ahead and two single-threaded workers: one wave of waiting, then this request's own run."""
+    settings = backend_settings(
+        tmp_path, redis_url, video, caption, INITIAL_WAIT_TIME="300", POLL_INTERVAL="10", WORKER_THREADS="1"
+    )
     record = Record(request_id="eta-1", image_url="https://cdn.example.com/a.png")
     latest = {"replicate": 20.0, "local": 1.0}[caption] + settings.generation_deadline
     assert estimate(settings, record, ahead=3, workers=2) == (math.ceil(2 * typical), math.ceil(typical + latest))

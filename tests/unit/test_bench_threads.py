@@ -13,6 +13,7 @@ from bench import cgroup, sizing, threads
 from bench.__main__ import with_sizing
 from bench.common import Section
 from bench.tls import HTTPSFakePika, PrivateCA
+from tests.helpers import wait_for
 
 
 def v1_tree(root: Path) -> Path:
@@ -101,7 +102,7 @@ def test_the_https_fake_pika_is_trusted_through_the_bundle_and_counts_handshakes
         with pytest.raises(urllib3.exceptions.SSLError):
             make_pool(pika.base_url).request("GET", f"{pika.base_url}/jobs/nope", retries=False)
         # The server sees the refused handshake in its connection's thread, a moment later.
-        assert pika.wait_for(lambda: pika.tls.failed == 1)
+        wait_for(lambda: pika.tls.failed == 1, timeout=5, message="the refused handshake to be counted")
 
 
 def test_socket_owners_finds_the_process_behind_a_local_port() -> None:
