@@ -3,13 +3,13 @@
 Headless Chromium from the distribution's ``chromium`` and ``chromium-driver`` packages drives the
 Swagger UI that the ``web`` process (the Procfile's gunicorn) serves. The browser cannot resolve any
 host but 127.0.0.1, so the page must bring everything it needs from the app itself. A screenshot of
-the final page is kept in ``tests/artifacts/``, whether the test passes or fails.
+the final page is kept in ``tests/artifacts/``, whether the test passes or fails. Without Chromium the
+test is skipped, except under ``CI=true``, where that is a failure (see ``tests/browser/chromium.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,22 +17,19 @@ import pytest
 import requests
 
 from launch import free_port
+from tests.browser.chromium import headless_chromium, needs_chromium
 from tests.helpers import ROOT, ServiceProcess, wait_for
 
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # selenium is optional: without it the test is skipped
-    webdriver = None
+except ImportError:  # selenium is optional: tests.browser.chromium skips (or in CI fails) without it
+    pass
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = ROOT / "tests" / "artifacts" / "docs-try-it-out.png"
 
 API_KEY = "browser-test-key-0123456789abcdef"
@@ -44,20 +41,7 @@ START_TIMEOUT = 15.0
 STEP_TIMEOUT = 10.0
 
 
-def _missing() -> str | None:
-    """Why the browser test cannot run here, or None when it can."""
-    if webdriver is None:
-        return "selenium is not installed"
-    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not binary.is_file() or not os.access(binary, os.X_OK):
-            return f"{binary} not found: install the Debian package {package}"
-    return None
-
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(_missing() is not None, reason=f"browser test skipped: {_missing()}"),
-]
+pytestmark = [pytest.mark.e2e, needs_chromium]
 
 
 @pytest.fixture
@@ -89,33 +73,12 @@ def base_url(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> st
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     """Headless Chromium with no way out to the internet; saves a screenshot when the test ends."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,1500",
-        # Every host name except the service's own address fails to resolve: no internet.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(flag)
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(STEP_TIMEOUT)
-    try:
-        yield driver
-    finally:
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
-        driver.quit()
+    with headless_chromium(tmp_path, window=(1280, 1500)) as driver:
+        try:
+            yield driver
+        finally:
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(SCREENSHOT))
 
 
 def clickable(driver: WebDriver, css: str, within: WebElement | None = None) -> WebElement:

@@ -6,7 +6,7 @@ callbacks going to the built-in receiver. The browser resolves no host but 127.0
 each state are kept in ``tests/artifacts/playground-*.png``, whether the test passes or fails.
 
 Without Chromium (or one that cannot play H.264 MP4) the tests are skipped, except under
-``CI=true``, where that is a failure: CI installs Chromium, so its absence is a broken set-up.
+``CI=true``, where that is a failure (see ``tests/browser/chromium.py``).
 """
 
 from __future__ import annotations
@@ -26,26 +26,22 @@ import requests
 from PIL import Image, ImageDraw
 
 from launch import free_port
+from tests.browser.chromium import cannot_run, headless_chromium, needs_chromium
 from tests.fakes.files import FileServer, probe
 from tests.helpers import ROOT, ServiceProcess, wait_for
 
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # selenium is optional: without it the tests are skipped (outside CI)
-    webdriver = None
+except ImportError:  # selenium is optional: tests.browser.chromium skips (or in CI fails) without it
+    pass
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "tests" / "artifacts"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 API_KEY = "playground-test-key-0123456789abcdef"
 #: Seconds for the web process to answer /healthz, for one step in the page, and for a request to finish.
@@ -58,28 +54,7 @@ H264 = 'video/mp4; codecs="avc1.42E01E"'
 PHONE_WIDTH = 375
 
 
-def _missing() -> str | None:
-    """Why the browser tests cannot run here, or None when they can."""
-    if webdriver is None:
-        return "selenium is not installed"
-    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not binary.is_file() or not os.access(binary, os.X_OK):
-            return f"{binary} not found: install the Debian package {package}"
-    return None
-
-
-def cannot_run(reason: str) -> None:
-    """Skip, or under ``CI=true`` fail: CI promises a Chromium that plays H.264."""
-    if IN_CI:
-        pytest.fail(f"CI=true: {reason}")
-    pytest.skip(f"browser test skipped: {reason}")
-
-
-pytestmark = [
-    pytest.mark.e2e,
-    # Outside CI a machine without Chromium skips; in CI the fixture below fails instead.
-    pytest.mark.skipif(not IN_CI and _missing() is not None, reason=f"browser test skipped: {_missing()}"),
-]
+pytestmark = [pytest.mark.e2e, needs_chromium]
 
 
 @dataclass
@@ -167,39 +142,19 @@ class Shots:
 @pytest.fixture
 def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
     """Headless Chromium with no way out to the internet that plays H.264; a last screenshot at the end."""
-    missing = _missing()
-    if missing:
-        cannot_run(missing)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+    with headless_chromium(
+        tmp_path,
+        window=(1100, 1400),
         # The video starts on its own, muted, as it would for a person who just submitted it.
-        "--autoplay-policy=no-user-gesture-required",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1100,1400",
-        # Every host name except the service's own address fails to resolve: no internet.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(STEP_TIMEOUT)
-    try:
-        yield driver
-    finally:
-        name = request.node.name.removeprefix("test_").replace("_", "-")
-        Shots(driver, f"playground-{name}").take("last")
-        driver.quit()
+        extra_flags=["--autoplay-policy=no-user-gesture-required"],
+        # The console, for the Content-Security-Policy check.
+        capabilities={"goog:loggingPrefs": {"browser": "ALL"}},
+    ) as driver:
+        try:
+            yield driver
+        finally:
+            name = request.node.name.removeprefix("test_").replace("_", "-")
+            Shots(driver, f"playground-{name}").take("last")
 
 
 # -- page helpers -------------------------------------------------------------------------------------
