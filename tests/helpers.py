@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import requests
 from flask import Flask
 from redis import Redis
 from rq import Queue
@@ -176,6 +177,39 @@ class ServiceProcess:
         self.signal(signal.SIGKILL)
         if self.proc:
             self.proc.wait(timeout=5)
+
+
+def start_dev_service(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> str:
+    """``web`` and ``worker`` in development (:data:`DEV`), callbacks to the built-in receiver.
+
+    Args:
+        start_process: the ``start_process`` fixture.
+        tmp_path: the test's directory, for the media and gunicorn's runtime files.
+
+    Returns:
+        The web process's base URL, once it answers ``/healthz``.
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **DEV,
+        "MEDIA_DIR": str(tmp_path / "media"),
+        "PUBLIC_BASE_URL": base,
+        "CALLBACK_API_URL": base + "/dev/callbacks/{request_id}",
+    }
+    web = start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
+    start_process("worker", **env)
+
+    def healthy() -> bool:
+        # A web process that died (a bad setting, a taken port) fails at once, with what it printed.
+        assert web.proc is not None and web.proc.poll() is None, web.output[-800:]
+        try:
+            return requests.get(base + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
+    return base
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from i2v_app import create_app
 from launch import free_port
 from tests.api import HttpApi
 from tests.fakes.files import probe
-from tests.helpers import DEV, HTTP_TIMEOUT, wait_for
+from tests.helpers import DEV, HTTP_TIMEOUT, start_dev_service, wait_for
 
 
 @pytest.fixture
@@ -88,25 +88,7 @@ def test_worker_calls_back_into_the_dev_receiver_of_a_real_web_process(
     start_process, dev_env: dict[str, str], tmp_path: Path
 ) -> None:
     """gunicorn + worker in development: the sample image becomes a video, and the callback lands at /dev/callbacks."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **DEV,
-        "MEDIA_DIR": str(tmp_path / "media"),
-        "PUBLIC_BASE_URL": base,
-        "CALLBACK_API_URL": base + "/dev/callbacks/{request_id}",
-    }
-    web = start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
-    start_process("worker", **env)
-
-    def healthy() -> bool:
-        assert web.proc is not None and web.proc.poll() is None, web.output[-800:]
-        try:
-            return requests.get(base + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
+    base = start_dev_service(start_process, tmp_path)
     request_id = "dev:cb~1"
     api = HttpApi(base, timeout=HTTP_TIMEOUT)
     api.submit(request_id, base + "/dev/sample.png", expect=202)

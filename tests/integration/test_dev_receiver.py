@@ -10,9 +10,8 @@ import requests
 
 from config import settings_from
 from i2v_app import create_app
-from launch import free_port
 from tests.api import HttpApi
-from tests.helpers import DEV, HTTP_TIMEOUT, wait_for
+from tests.helpers import DEV, HTTP_TIMEOUT, start_dev_service
 
 BODY = {"data": {"addToInventory": False, "status": "FAILED", "output": None}}
 
@@ -81,24 +80,7 @@ def test_steering_is_404_in_production(client) -> None:
 
 def test_a_steered_410_fails_the_callback_at_once_and_500_retries(start_process, tmp_path: Path) -> None:
     """A real web process and worker: what a person sees in the playground."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **DEV,
-        "MEDIA_DIR": str(tmp_path / "media"),
-        "PUBLIC_BASE_URL": base,
-        "CALLBACK_API_URL": base + "/dev/callbacks/{request_id}",
-    }
-    start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
-    start_process("worker", **env)
-
-    def healthy() -> bool:
-        try:
-            return requests.get(base + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
+    base = start_dev_service(start_process, tmp_path)
     api = HttpApi(base, timeout=HTTP_TIMEOUT)
 
     def run(request_id: str) -> dict[str, Any]:

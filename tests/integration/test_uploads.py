@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from jobs.media import UPLOAD_DIR
 from launch import free_port
 from tests.api import Api
 from tests.fuzzing import CHECKS, INVALID, VALID, fuzz, load
-from tests.helpers import wait_for
+from tests.helpers import ServiceProcess, wait_for
 
 BASE = "http://127.0.0.1:9"  # nothing listens there: an upload is never read back over HTTP
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -343,13 +344,18 @@ def test_uploads_fuzzed_against_the_spec_get_no_5xx(
 # -- a slow client against the real web process -------------------------------------------------
 
 
+def start_web(start_process: Callable[..., ServiceProcess], env: dict[str, str]) -> int:
+    """The real ``web`` process with ``env`` and one gunicorn worker on a free port; the port, once it answers."""
+    port = free_port()
+    start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
+    wait_for(lambda: _up(port), timeout=30, message="the web process")
+    return port
+
+
 def test_a_slow_client_gets_408_within_the_read_deadline(
     service_env: dict[str, str], tmp_path: Path, start_process
 ) -> None:
-    port = free_port()
-    env = local_env(service_env, tmp_path, UPLOAD_READ_DEADLINE="1")
-    start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
-    wait_for(lambda: _up(port), timeout=30, message="the web process")
+    port = start_web(start_process, local_env(service_env, tmp_path, UPLOAD_READ_DEADLINE="1"))
     body = picture("PNG")
     for trickle in (True, False):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -384,10 +390,7 @@ def test_a_chunked_upload_is_read_up_to_its_cap_by_the_real_web_process(
     service_env: dict[str, str], tmp_path: Path, start_process
 ) -> None:
     """Without a Content-Length the cap still holds: what is sent is counted as it arrives."""
-    port = free_port()
-    env = local_env(service_env, tmp_path, UPLOAD_MAX_BYTES="100000")
-    start_process("web", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env)
-    wait_for(lambda: _up(port), timeout=30, message="the web process")
+    port = start_web(start_process, local_env(service_env, tmp_path, UPLOAD_MAX_BYTES="100000"))
     url = f"http://127.0.0.1:{port}/api/v1/uploads"
 
     def chunks(data: bytes):
