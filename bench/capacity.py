@@ -92,12 +92,7 @@ def measure_window(pool: common.Service, redis: common.PrivateRedis, seconds: fl
     cpu_before = {pid: common.cpu_seconds(pid) for pid in pids}
     redis_before = common.cpu_seconds(redis.pid)
     commands_before = redis.client.info("stats")["total_commands_processed"]
-    started = time.monotonic()
-    deadline = started + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(1.0, left))
-        guard_memory()
-    wall = time.monotonic() - started
+    wall = common.watch(seconds, guard_memory)
     cpu_after = {pid: common.cpu_seconds(pid) for pid in pids}
     pool_cpu = sum(max(0.0, cpu_after[pid] - cpu_before[pid]) for pid in pids)
     parent_cpu = cpu_after[pids[0]] - cpu_before[pids[0]]

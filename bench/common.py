@@ -59,6 +59,20 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def watch(seconds: float, check: Callable[[], None]) -> float:
+    """Let ``seconds`` pass, calling ``check`` about once a second (it raises to stop early).
+
+    Returns:
+        The wall seconds that passed, which the caller divides by rather than ``seconds``.
+    """
+    started = time.monotonic()
+    deadline = started + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+        check()
+    return time.monotonic() - started
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; BenchError after ``timeout``."""
     deadline = time.monotonic() + timeout

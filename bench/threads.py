@@ -191,12 +191,7 @@ def window(pool: common.Service, redis: common.PrivateRedis, seconds: float, wha
     stages_at_start = stages(redis.client)
     pids = pool.pids()
     before = {pid: common.cpu_seconds(pid) for pid in pids}
-    started = time.monotonic()
-    deadline = started + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(1.0, left))
-        guard_memory()
-    wall = time.monotonic() - started
+    wall = common.watch(seconds, guard_memory)
     cpu = sum(max(0.0, common.cpu_seconds(pid) - before[pid]) for pid in pids)
     memory = [common.memory_kb(pid) for pid in pids]
     connections = redis_connections(redis.client, pids)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import urllib3
 
-from bench import cgroup, sizing, threads
+from bench import cgroup, common, sizing, threads
 from bench.__main__ import with_sizing
 from bench.common import Section
 from bench.tls import HTTPSFakePika, PrivateCA
@@ -175,3 +176,19 @@ def test_the_sizing_section_comes_after_the_capacity_part() -> None:
     # 3 in flight need one process of a Standard-1X: 6 connections, 10 for web and scheduler.
     assert "| 100 | 60 s | 3 | 1 (16 conn., mini) |" in ordered[2].markdown
     assert with_sizing(parts[:1], quick=False) == parts[:1]
+
+
+def test_watch_checks_about_once_a_second_and_stops_when_the_check_raises() -> None:
+    """The measuring window of parts 4 and 5: the memory guard runs each second and can end it early."""
+    calls: list[float] = []
+    wall = common.watch(1.5, lambda: calls.append(time.monotonic()))
+    assert 1.5 <= wall < 2.5
+    assert len(calls) == 2  # after 1 s, then after the last 0.5 s
+
+    def tight() -> None:
+        raise common.BenchError("memory is short")
+
+    started = time.monotonic()
+    with pytest.raises(common.BenchError, match="memory is short"):
+        common.watch(30, tight)
+    assert time.monotonic() - started < 5
