@@ -1,9 +1,11 @@
-"""What the HTTP clients share: requests sessions, urllib3 pools for polls, ``Retry-After``, "was it sent?"."""
+"""What the HTTP clients share: requests sessions, urllib3 pools and their TLS context, Retry-After, "was it sent?"."""
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import os
+import ssl
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -41,9 +43,41 @@ class Session(requests.Session):
             del prepared_request.headers["Authorization"]
 
 
+class SharedContextAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, verifying HTTPS through the process's one SSL context for the chosen CA bundle.
+
+    requests hands urllib3 the CA bundle's path (``verify``: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
+    from the environment, else certifi's), and urllib3 then builds a context and parses the bundle
+    for every new connection, in the thread that connects. A Pika submission and a callback each
+    run on a session of their own (see :class:`SessionPerCall`): without this, every request of a
+    worker would build its own context, some 0.7 MB of short-lived allocations that the thread's
+    malloc arena keeps long after. The same bundle is trusted either way.
+    """
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """requests' pool key, with the shared context in place of the bundle's path."""
+        host, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if verify is not False and host.get("scheme") == "https":
+            bundle = verify if isinstance(verify, str) else requests.certs.where()
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs["ssl_context"] = tls_context(bundle, os.path.isdir(bundle))
+        return host, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        """requests' check of the bundle's path, without handing the path to a pool that has the shared context."""
+        super().cert_verify(conn, url, verify, cert)
+        if verify and getattr(conn, "conn_kw", {}).get("ssl_context") is not None:
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
+
+
 def make_session(user_agent: str = "i2v") -> requests.Session:
     """A session for one provider; it honours HTTP(S)_PROXY and NO_PROXY from the environment."""
     session = Session()
+    session.mount("https://", SharedContextAdapter())
     session.headers["User-Agent"] = user_agent
     return session
 
@@ -84,11 +118,31 @@ def proxy_manager(proxy: str, **options: Any) -> urllib3.ProxyManager:
     return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
 
 
-def tls_options() -> dict[str, Any]:
-    """urllib3 TLS arguments: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory), else certifi."""
+def ca_location() -> tuple[str, bool]:
+    """The CA bundle requests would trust (REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else certifi); is it a directory?"""
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-    location = {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
-    return {"cert_reqs": "CERT_REQUIRED", **location}
+    return bundle, os.path.isdir(bundle)
+
+
+@functools.cache
+def tls_context(bundle: str, is_directory: bool) -> ssl.SSLContext:
+    """One verifying SSL context per CA location and process, shared by every pool and thread.
+
+    Left to itself, urllib3 builds a context and parses the CA bundle again for every new
+    connection (a corporate bundle holds some 150 certificates); one context costs about 0.7 MB.
+    An ``SSLContext`` may be used by many threads at once once it is set up.
+    """
+    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    if is_directory:
+        context.load_verify_locations(capath=bundle)
+    else:
+        context.load_verify_locations(cafile=bundle)
+    return context
+
+
+def tls_options() -> dict[str, Any]:
+    """urllib3 TLS arguments: verify against the environment's CA bundle, through the process's shared context."""
+    return {"cert_reqs": "CERT_REQUIRED", "ssl_context": tls_context(*ca_location())}
 
 
 def make_pool(base_url: str, user_agent: str = "i2v", maxsize: int = 1) -> urllib3.PoolManager:
@@ -97,18 +151,19 @@ def make_pool(base_url: str, user_agent: str = "i2v", maxsize: int = 1) -> urlli
     Hundreds of workers each poll every few seconds, and each poll wakes a process whose caches
     have gone cold; requests' per-call machinery (sessions, hooks, cookies, environment) then
     costs several times the HTTP exchange. The environment is read once, here, with requests'
-    rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi).
-    urllib3 never reads ``~/.netrc``.
+    rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi),
+    parsed once per process (:func:`tls_context`). urllib3 never reads ``~/.netrc``.
 
-    The pool is thread-safe and shared by all the threads of a worker process: ``maxsize``
-    connections per host are kept open between polls (one more poll at the same moment opens a
-    connection that is closed after it).
+    The pool is thread-safe and shared by all the threads of a worker process. It keeps at most
+    ``maxsize`` connections per host, and a thread that finds them all busy waits for one
+    (``block``; give each request a ``pool_timeout``) instead of opening another that would be
+    closed after one exchange: a new connection is a TLS handshake.
     """
     proxy = environment_proxy(base_url)
-    headers = {"User-Agent": user_agent}
+    options: dict[str, Any] = {"headers": {"User-Agent": user_agent}, "maxsize": maxsize, "block": True}
     if proxy:
-        return proxy_manager(proxy, headers=headers, maxsize=maxsize, **tls_options())
-    return urllib3.PoolManager(headers=headers, maxsize=maxsize, **tls_options())
+        return proxy_manager(proxy, **options, **tls_options())
+    return urllib3.PoolManager(**options, **tls_options())
 
 
 def retry_after_seconds(value: str | None) -> float | None:

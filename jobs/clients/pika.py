@@ -17,7 +17,8 @@ from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
 
 log = logging.getLogger(__name__)
 
-#: Poll connections a worker process keeps open to Pika, shared by its threads (polls are short).
+#: Poll connections a worker process keeps open to Pika, shared by its threads (polls are short): a
+#: thread that finds them all busy waits for one rather than paying a TLS handshake for a new one.
 POLL_CONNECTIONS = 10
 FAILED_STATES = frozenset({"failed", "error"})
 
@@ -42,6 +43,9 @@ class PikaClient:
         self.polls = make_pool(self.base_url, maxsize=POLL_CONNECTIONS)
         self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}", "Accept": "application/json"}
         self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
+        # The wait for one of the pool's connections counts as connecting: with all of them held by
+        # hung polls, a poll fails after this as a transient error and is tried again later.
+        self.pool_timeout = settings.http_connect_timeout
 
     name = "pika"
     label = "Pika"
@@ -103,6 +107,7 @@ class PikaClient:
                 f"{self.base_url}/jobs/{job_id}",
                 headers=self.poll_headers,
                 timeout=self.poll_timeout,
+                pool_timeout=self.pool_timeout,
                 retries=False,
             )
         except urllib3.exceptions.HTTPError as exc:
