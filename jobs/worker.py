@@ -179,6 +179,9 @@ class PipelineWorker(SimpleWorker):
         """
         self._dequeuing = True
         try:
+            if self._stop_requested:
+                # A stop signal came after the loop's own look and before the flag above was set.
+                raise StopRequested()
             while not self._free.acquire(timeout=WAIT_SLICE):
                 pass
             try:
@@ -355,12 +358,22 @@ class PipelineWorker(SimpleWorker):
         minutes short anyway. Each request stops at its next step and goes back to the queue; a
         live worker resumes it from its record: same prediction, same Pika job, one callback.
         """
-        # Through the relay: REQUESTED.set() here could wait forever on a lock this thread holds.
-        getattr(self, "_request_hand_back", shutdown.REQUESTED.set)()
         # Stamp first: a pool forwards SIGINT while the platform sends SIGTERM, and the second
         # signal must find the first one recorded (see request_force_stop).
         self._shutdown_requested_date = now()
+        # While the loop waits in the queue's blocking pop (BLMOVE), the requests hand back only once
+        # it has left (teardown): Redis would give a job handed back meanwhile to that pending pop,
+        # which moves it to RQ's intermediate list, where no worker looks for it until the janitor
+        # puts it back a heartbeat lifetime later (RQ's own maintenance: ten minutes, and a retry).
+        if not self._dequeuing:
+            self._hand_back_running()
         super().request_stop(signum, frame)
+
+    def _hand_back_running(self) -> None:
+        """Have every running request hand itself back at its next step."""
+        # Through the relay: REQUESTED.set() in a signal handler could wait forever on a lock the
+        # interrupted main thread holds.
+        getattr(self, "_request_hand_back", shutdown.REQUESTED.set)()
 
     def _shutdown(self) -> None:
         """Leave the loop at once while it waits for a thread or a job; else right after starting its job."""
@@ -381,6 +394,9 @@ class PipelineWorker(SimpleWorker):
         The heartbeat goes on meanwhile: a thread inside a provider call hands back only when the
         call returns (at most ``HTTP_READ_TIMEOUT``).
         """
+        if self._shutdown_requested_date is not None:
+            # The loop has left the queue's blocking pop by now (see request_stop).
+            self._hand_back_running()
         with self._lock:
             threads = [thread for _, thread in self._running.values()]
         if threads:

@@ -11,6 +11,7 @@ import pytest
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
+from jobs.identity import RequestIdentity
 from tests.api import Api
 from tests.fakes import Fakes, Fault
 from tests.helpers import ServiceProcess, wait_for
@@ -39,6 +40,34 @@ def put_many_in_flight(api: Api, fakes: Fakes, start_process: StartProcess, redi
     registry = StartedJobRegistry(settings.queue_name, connection=redis)
     wait_for(lambda: registry.count == IN_FLIGHT, timeout=10, message="every request running in the one process")
     return worker
+
+
+def whereabouts(redis, settings) -> dict[str, list[str]]:
+    """The requests grouped by where their job is (RQ's lists and registries) and by job and record status.
+
+    For a failed assertion's message: it says at once where a job that is not in the queue went
+    ("nowhere" when in no list or registry, "queue+queue" when handed back twice).
+    """
+    queue = Queue(settings.queue_name, connection=redis)
+    places = {
+        "queue": queue.get_job_ids(),
+        "intermediate": queue.intermediate_queue.get_job_ids(),
+        "started": queue.started_job_registry.get_job_ids(cleanup=False),
+        "scheduled": queue.scheduled_job_registry.get_job_ids(cleanup=False),
+        "deferred": queue.deferred_job_registry.get_job_ids(cleanup=False),
+        "failed": queue.failed_job_registry.get_job_ids(cleanup=False),
+        "finished": queue.finished_job_registry.get_job_ids(cleanup=False),
+        "canceled": queue.canceled_job_registry.get_job_ids(cleanup=False),
+    }
+    found: dict[str, list[str]] = {}
+    for n in range(IN_FLIGHT):
+        identity = RequestIdentity("", f"flight-{n}")
+        where = [place for place, ids in places.items() for job_id in ids if job_id == identity.job_id]
+        job_status = redis.hget(f"rq:job:{identity.job_id}", "status")
+        record_status = redis.hget(identity.record_key, "status")
+        label = f"{'+'.join(where) or 'nowhere'} (job {job_status!r}, record {record_status!r})"
+        found.setdefault(label, []).append(identity.request_id)
+    return found
 
 
 def check_each_paid_and_called_back_once(api: Api, fakes: Fakes) -> None:
@@ -90,7 +119,8 @@ def test_sigterm_hands_every_request_back_within_ten_seconds(
     # finished and called back instead of handed back.
     finished_meanwhile = len(fakes.game.callbacks)
     assert finished_meanwhile <= 1
-    assert len(Queue(settings.queue_name, connection=redis)) == IN_FLIGHT - finished_meanwhile
+    queued = len(Queue(settings.queue_name, connection=redis))
+    assert queued == IN_FLIGHT - finished_meanwhile, whereabouts(redis, settings)
     assert "handed the job back to the queue" in first.output
     start_process("worker", **THREADED)
     check_each_paid_and_called_back_once(api, fakes)

@@ -1,11 +1,14 @@
 """The threaded worker on a real Redis: many requests in one process, few connections, cancels, a hung
-call, the one-pipeline heartbeat, and a plain ``rq worker`` that still runs the jobs one at a time."""
+call, the one-pipeline heartbeat, a stop while waiting for a job, and a plain ``rq worker`` that still runs
+the jobs one at a time."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -13,6 +16,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from jobs import shutdown
 from jobs.worker import REDIS_CONNECTIONS, PipelineWorker
 from tests.fakes import Fault
 from tests.helpers import python_env, wait_for
@@ -190,3 +194,49 @@ def test_one_heartbeat_keeps_every_running_execution_alive_in_one_round_trip(
     for job in jobs:
         assert Job.fetch(job.id, connection=redis).last_heartbeat is not None
         assert redis.hget(job.key, "last_heartbeat") is not None
+
+
+def hold_until_stopped() -> None:
+    """A job that waits, as a waiting request does, until its worker stops; then it hands back."""
+    shutdown.REQUESTED.wait(30)
+    shutdown.check()
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_the_loop_waits_for_a_job_hands_back_to_the_queue(
+    service_env, monkeypatch, redis, settings
+) -> None:
+    """SIGTERM while the loop waits in the queue's blocking pop and is slow to leave it: the running job is
+    handed back to the queue, not taken by that pop into RQ's intermediate list (a job no worker runs)."""
+    assert threading.current_thread() is threading.main_thread()  # signal handlers, as in a worker process
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    # A loaded machine: the main thread takes a while to get from the signal to the end of its pop.
+    monkeypatch.setattr(PipelineWorker, "handle_warm_shutdown_request", lambda self: time.sleep(1))
+    queue = Queue(settings.queue_name, connection=redis)
+    job = queue.enqueue(f"{__name__}.hold_until_stopped", job_timeout=120)
+    worker = PipelineWorker([settings.queue_name])
+
+    def stop_while_waiting() -> None:
+        wait_for(lambda: started(redis, settings) == 1, timeout=20, message="the job running")
+        wait_for(
+            lambda: any(c.get("cmd") == "blmove" for c in redis.client_list()),
+            timeout=20,
+            message="the loop waiting for the next job",
+        )
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopper = threading.Thread(target=stop_while_waiting, daemon=True)
+    stopper.start()
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        shutdown.REQUESTED.clear()
+    stopper.join(timeout=5)
+    assert queue.get_job_ids() == [job.id]
+    assert queue.intermediate_queue.get_job_ids() == []
+    assert started(redis, settings) == 0
+    assert Job.fetch(job.id, connection=redis).get_status() == "queued"
