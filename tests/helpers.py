@@ -199,17 +199,26 @@ def start_dev_service(start_process: Callable[..., ServiceProcess], tmp_path: Pa
     }
     web = start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
     start_process("worker", **env)
+    wait_until_serving(web, base + "/healthz")
+    return base
 
-    def healthy() -> bool:
-        # A web process that died (a bad setting, a taken port) fails at once, with what it printed.
-        assert web.proc is not None and web.proc.poll() is None, web.output[-800:]
+
+def wait_until_serving(web: ServiceProcess, url: str, timeout: float = 15.0) -> None:
+    """Wait until the web process answers ``url`` with 200; a web process that dies fails at once.
+
+    A bad setting or a taken port ends the process: the failure then shows what it printed
+    instead of waiting out the timeout.
+    """
+
+    def serving() -> bool:
+        code = web.proc.poll() if web.proc else None
+        assert code is None, f"web exited with {code} before it was ready:\n{web.output[-800:]}"
         try:
-            return requests.get(base + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+            return requests.get(url, timeout=HTTP_TIMEOUT).status_code == 200
         except requests.ConnectionError:
             return False
 
-    wait_for(healthy, timeout=15, interval=0.1, message="web to answer /healthz")
-    return base
+    wait_for(serving, timeout=timeout, interval=0.1, message=f"web to answer {url}")
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:

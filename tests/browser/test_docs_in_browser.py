@@ -18,7 +18,7 @@ import requests
 
 from launch import free_port
 from tests.browser.chromium import headless_chromium, needs_chromium
-from tests.helpers import ROOT, ServiceProcess, wait_for
+from tests.helpers import ROOT, ServiceProcess, wait_until_serving
 
 try:
     from selenium.webdriver.common.by import By
@@ -58,15 +58,7 @@ def base_url(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> st
     )
     url = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        code = web.proc.poll() if web.proc else None
-        assert code is None, f"web exited with {code} before it was ready:\n{web.output[-500:]}"
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, message="web to answer /healthz")
+    wait_until_serving(web, f"{url}/healthz", timeout=START_TIMEOUT)
     return url
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from launch import free_port
 from tests.browser.chromium import cannot_run, headless_chromium, needs_chromium
 from tests.fakes.files import FileServer, probe
-from tests.helpers import ROOT, ServiceProcess, wait_for
+from tests.helpers import ROOT, ServiceProcess, wait_for, wait_until_serving
 
 try:
     from selenium.common.exceptions import StaleElementReferenceException
@@ -105,15 +105,7 @@ def service(start_process: Callable[..., ServiceProcess], tmp_path: Path) -> Run
     web = start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
     start_process("worker", **env)
 
-    def healthy() -> bool:
-        code = web.proc.poll() if web.proc else None
-        assert code is None, f"web exited with {code} before it was ready:\n{web.output[-800:]}"
-        try:
-            return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=START_TIMEOUT, interval=0.1, message="web to answer /healthz")
+    wait_until_serving(web, f"{base}/healthz", timeout=START_TIMEOUT)
     return Running(base, web)
 
 

@@ -18,7 +18,7 @@ from i2v_app import create_app
 from launch import free_port
 from tests.api import HttpApi
 from tests.fakes.files import probe
-from tests.helpers import DEV, HTTP_TIMEOUT, start_dev_service, wait_for
+from tests.helpers import DEV, HTTP_TIMEOUT, start_dev_service, wait_for, wait_until_serving
 
 
 @pytest.fixture
@@ -128,14 +128,7 @@ def sample_url(start_process, dev_env: dict[str, str], tmp_path: Path) -> str:
     web = start_process("web", HOST="127.0.0.1", PORT=str(port), XDG_RUNTIME_DIR=str(tmp_path), **env)
     base = f"http://127.0.0.1:{port}"
 
-    def served() -> bool:
-        assert web.proc is not None and web.proc.poll() is None, web.output[-800:]
-        try:
-            return requests.get(base + "/dev/sample.png", timeout=HTTP_TIMEOUT).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(served, timeout=15, interval=0.1, message="the sample image")
+    wait_until_serving(web, base + "/dev/sample.png")
     return base + "/dev/sample.png"
 
 
