@@ -110,7 +110,8 @@ def plan(quick: bool) -> Plan:
         timings={},
         initial_wait=60.0,
         poll_interval=10.0,
-        window=15.0,
+        # Long enough to hold what comes every 30 s (a heartbeat, a batch of cancel reads) and three polls.
+        window=30.0,
         settle=3.0,
         process_pool=Shape("one request per process", 100, 1, 100),
         threaded=Shape("threaded", 2, 1000, TARGET_IN_FLIGHT, lag_requests=40, kill=True),
@@ -187,7 +188,7 @@ def thread_count(pid: int) -> int:
 
 def window(pool: common.Service, redis: common.PrivateRedis, seconds: float, what: str) -> dict[str, Any]:
     """CPU of every process of the pool over ``seconds`` (process CPU time, not wall), then memory,
-    Redis connections per process and requests in flight."""
+    Redis connections per process, requests in flight and their stages at both ends."""
     stages_at_start = stages(redis.client)
     pids = pool.pids()
     before = {pid: common.cpu_seconds(pid) for pid in pids}
@@ -200,6 +201,7 @@ def window(pool: common.Service, redis: common.PrivateRedis, seconds: float, wha
         "what": what,
         "window_s": wall,
         "stages_at_start": stages_at_start,
+        "stages_at_end": stages(redis.client),
         "in_flight": in_flight,
         "processes": len(pids),
         "threads": sum(thread_count(pid) for pid in pids),
@@ -298,9 +300,12 @@ def measure(setup: Setup, name: str, shape: Shape, threads: int | None, p: Plan)
         first = [f"{name}-a-{i}" for i in range(half)]
         second = [f"{name}-b-{i}" for i in range(shape.load - half)]
         ramp_budget = 60 + shape.load * 0.2
+        submitted = time.monotonic()
         result["ramp_s"] = fill(setup, pool, first, half, ramp_budget)
         time.sleep(p.settle)
-        result["waiting"] = window(pool, redis, p.window, "initial wait")
+        # The whole window before the first request's first poll (its wait began after its submission).
+        before_polls = submitted + p.initial_wait - p.settle - time.monotonic()
+        result["waiting"] = window(pool, redis, max(p.settle, min(p.window, before_polls)), "initial wait")
         polling(setup, half, p.initial_wait + ramp_budget)
         time.sleep(p.settle)
         result["polling"] = window(pool, redis, p.window, "polling")
@@ -555,9 +560,11 @@ def polling_cost(m: dict[str, Any]) -> float | None:
 
 
 def waiting_share(m: dict[str, Any]) -> str:
-    """How many of the initial-wait window's requests had not polled yet when it began."""
+    """The initial-wait window: its length, and how many of its requests had not polled yet at its start and end."""
     window = m["waiting"]
-    return f"{window['stages_at_start'].get('processing/waiting', 0)} of {window['in_flight']}"
+    start = window["stages_at_start"].get("processing/waiting", 0)
+    end = window.get("stages_at_end", {}).get("processing/waiting", 0)
+    return f"{window['window_s']:.0f} s; {start} / {end} of {window['in_flight']}"
 
 
 def side_by_side(old: dict[str, Any], new: dict[str, Any] | None) -> list[list[str]]:
@@ -594,7 +601,7 @@ def side_by_side(old: dict[str, Any], new: dict[str, Any] | None) -> list[list[s
         ["Pika over TLS since the pool started", tls(old), tls(new) if new else "-", ""],
         ["ramp: first half submitted → in flight, s", *both(lambda m: m["ramp_s"], ".1f")],
         [
-            "requests still in their initial wait when that window began",
+            "initial-wait window: length; requests still waiting at its start / end",
             f"{waiting_share(old)}",
             f"{waiting_share(new)}" if new else "-",
             "",
@@ -641,7 +648,8 @@ def report(data: dict[str, Any], p: Plan, quick: bool) -> Section:
         f"configured. {timing_text}. Each pool gets its requests in two halves, each waiting on a Pika job that "
         "does not finish within the hour. Windows of "
         f"{p.window:g} s, CPU as process time (user + system) of every process of the pool, so other work on "
-        "the machine does not count: `initial wait` (the first half, all before their first poll), `polling` "
+        "the machine does not count: `initial wait` (the first half, all before their first poll; the window "
+        "ends before the first of them polls, so it may be shorter), `polling` "
         "(the first half, all polling every POLL_INTERVAL), then the second half arrives and the `half "
         "waiting, half polling` window reads memory (PSS, `/proc/<pid>/smaps_rollup`, over the pool's parent "
         "and every worker process, bases included) and Redis connections (CLIENT LIST matched to each "

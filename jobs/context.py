@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis import BlockingConnectionPool, Redis
@@ -25,6 +25,7 @@ from jobs.heavy import HeavySteps
 from jobs.media import MediaStore
 from jobs.slots import VideoSlots
 from jobs.store import RequestStore
+from jobs.waiting import CANCEL_CHECK_INTERVAL, WaitingRoom
 
 #: Largest provider video the service copies into its media store.
 VIDEO_MAX_BYTES = 500 * 1024 * 1024
@@ -45,8 +46,8 @@ class Context:
     media: MediaStore
     #: The process's cap on memory-heavy steps (``WORKER_HEAVY_STEPS``), shared by its threads.
     heavy: HeavySteps
-    #: Per thread, ``last`` = (record key, monotonic time) of its last cancel read: each thread runs one request.
-    cancel_checks: threading.local = field(default_factory=threading.local)
+    #: Where the process's requests sleep; their cancel reads and progress writes are batched there.
+    waiting: WaitingRoom
 
 
 def resilient_redis(url: str, max_connections: int | None = None, client_name: str | None = None) -> Redis:
@@ -142,10 +143,11 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         "replicate": lambda: ReplicateVideo(settings, api, keep),
         "local": lambda: LocalVideo(settings, images, media),
     }[settings.video_backend]()
+    store = RequestStore(redis, settings.record_ttl)
     return Context(
         settings=settings,
         redis=redis,
-        store=RequestStore(redis, settings.record_ttl),
+        store=store,
         queue=Queue(settings.queue_name, connection=redis),
         captioner=captioner,
         video=video,
@@ -153,6 +155,8 @@ def build_context(settings: Settings, redis: Redis | None = None) -> Context:
         slots=VideoSlots(redis, video.max_concurrency(), lease=settings.job_timeout),
         media=media,
         heavy=heavy,
+        # A cancel is seen within CANCEL_CHECK_INTERVAL, and within three polls when they come faster.
+        waiting=WaitingRoom(store, min(CANCEL_CHECK_INTERVAL, 3 * settings.poll_interval)),
     )
 
 

@@ -42,14 +42,14 @@ from jobs.titles import title_from_video_url
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Polls start on a grid of this many seconds, shared by every thread of a process: the polls due in
+#: one beat run back to back, while the code and data they use are still in the CPU's caches, instead
+#: of each waking a process whose caches have gone cold (a cost that `make bench`'s threads part shows).
+#: A poll moves by at most half a beat, so the interval stays POLL_INTERVAL on average; polls closer
+#: together than two beats keep their own times.
+POLL_BEAT = 0.25
 #: Longest single back-off pause, whatever the attempt count.
 MAX_BACKOFF = 30.0
-#: How stale a cancel check may be while a request sleeps: at most this, and at most three polls.
-#: A cancel needs no haste here (the record and the FAILED callback are handled at once by the web
-#: process; this only frees the worker and stops the provider), and every Redis read of hundreds of
-#: waiting requests costs CPU: each wakes a process whose caches have gone cold. A SIGTERM still
-#: wakes a sleeping request at once.
-CANCEL_CHECK_INTERVAL = 30.0
 
 
 def run_request(key: str) -> str:
@@ -291,7 +291,7 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
     try:
         if time.time() < first_poll:
             with step(ctx, record, Stage.WAITING):
-                sleep(ctx, record, first_poll - time.time())
+                sleep(ctx, record, on_the_beat(first_poll - time.time()))
         with step(ctx, record, Stage.POLLING):
             check_cancel(ctx, record)  # later polls follow a sleep, which checks too
             while True:
@@ -304,13 +304,14 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
                     if state.finished:
                         return state
                     if state.progress is not None and state.progress != record.provider_progress:
-                        ctx.store.save(record, provider_progress=state.progress)
+                        record.provider_progress = state.progress
+                        ctx.waiting.note_progress(record.key, state.progress)
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     raise GenerationTimeout(
                         f"no video {ctx.settings.generation_deadline:g} s after the submission to {ctx.video.name}"
                     )
-                sleep(ctx, record, min(ctx.settings.poll_interval, remaining))
+                sleep(ctx, record, on_the_beat(min(ctx.settings.poll_interval, remaining)))
     except (RequestCanceled, GenerationTimeout):
         # Nobody will watch this video: stop paying for it where the backend can be told.
         with contextlib.suppress(TransientError, PipelineError):
@@ -376,11 +377,16 @@ def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> floa
     return min(MAX_BACKOFF, ctx.settings.retry_base_delay * 2 ** (attempt - 1))
 
 
-def check_cancel(ctx: Context, record: Record, max_age: float = 0.0) -> None:
-    """Stop here if the caller canceled the request, or if the worker is shutting down.
+def on_the_beat(seconds: float) -> float:
+    """``seconds`` from now, moved to the nearest :data:`POLL_BEAT`; shorter waits than two beats stay as they are."""
+    if seconds < 2 * POLL_BEAT:
+        return max(0.0, seconds)
+    now = time.monotonic()
+    return round((now + seconds) / POLL_BEAT) * POLL_BEAT - now
 
-    Args:
-        max_age: skip the Redis read if the request was checked less than this many seconds ago.
+
+def check_cancel(ctx: Context, record: Record) -> None:
+    """Stop here if the caller canceled the request, or if the worker is shutting down.
 
     Raises:
         RequestCanceled: the caller canceled.
@@ -388,23 +394,13 @@ def check_cancel(ctx: Context, record: Record, max_age: float = 0.0) -> None:
         JobTimeoutException: the job ran past its RQ timeout (enforced here, not by SIGALRM).
     """
     shutdown.check()
-    # Per thread: the process runs many requests at once, each in a thread of its own.
-    checked_key, checked_at = getattr(ctx.cancel_checks, "last", ("", 0.0))
-    now = time.monotonic()
-    if max_age and checked_key == record.key and now - checked_at < max_age:
-        return
     if ctx.redis.hget(record.key, "cancel_requested") in (b"1", "1"):
         raise RequestCanceled("canceled by the caller")
-    ctx.cancel_checks.last = (record.key, now)
 
 
 def sleep(ctx: Context, record: Record, seconds: float) -> None:
-    """Sleep ``seconds``, waking at once on SIGTERM, and see to a cancel (see ``CANCEL_CHECK_INTERVAL``)."""
-    max_age = min(CANCEL_CHECK_INTERVAL, 3 * ctx.settings.poll_interval)
-    until = time.monotonic() + max(0.0, seconds)
-    while (remaining := until - time.monotonic()) > 0:
-        shutdown.REQUESTED.wait(min(max_age, remaining))
-        check_cancel(ctx, record, max_age=max_age)
+    """Sleep ``seconds`` in the process's waiting room: a cancel, a SIGTERM or the job's deadline ends it early."""
+    ctx.waiting.sleep(record.key, seconds)
 
 
 @contextlib.contextmanager

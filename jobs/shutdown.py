@@ -44,6 +44,12 @@ def check() -> None:
         raise JobTimeoutException(f"Task exceeded maximum timeout value ({_deadline.seconds:g} seconds)")
 
 
+def time_left() -> float | None:
+    """Seconds until the deadline of the job in this thread (None: it has none)."""
+    at = getattr(_deadline, "at", None)
+    return None if at is None else max(0.0, at - time.monotonic())
+
+
 def relay(event: threading.Event) -> Callable[[], None]:
     """A function that sets ``event`` and is safe to call in a signal handler.
 

@@ -120,6 +120,18 @@ if claim and claim ~= '' and redis.call('GET', claim) == KEYS[1] then redis.call
 return 1
 """
 
+# Write a provider's progress into a record still in flight; a record that has ended keeps its own.
+# Progress is written in batches (see jobs.waiting), so it may arrive after the request finished.
+# KEYS: record; ARGV: TTL, updated_at, progress
+_PROGRESS = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or {lua_is_one_of("status", TERMINAL)} then return 0 end
+redis.call('HSET', KEYS[1], 'provider_progress', ARGV[3], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # Move a record to a terminal status unless it is in one already.
 _FINISH = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -360,6 +372,7 @@ class RequestStore:
         self.ttl = ttl
         self._finish = redis.register_script(_FINISH)
         self._update = redis.register_script(_UPDATE)
+        self._progress = redis.register_script(_PROGRESS)
         self._reset_callback = redis.register_script(_RESET_CALLBACK)
         self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
@@ -453,6 +466,26 @@ class RequestStore:
         for name, value in fields.items():
             setattr(record, name, value)
         self.update(record.key, **fields)
+
+    def write_progress(self, progress: dict[str, int]) -> None:
+        """Write the provider progress of many records still in flight, in one round trip.
+
+        Args:
+            progress: record key -> progress (0-100); records that have ended are left as they are.
+        """
+        stamp = now_iso()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, value in progress.items():
+                self._progress(keys=[key], args=[self.ttl, stamp, value], client=pipe)
+            pipe.execute()
+
+    def canceled(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the caller asked to cancel, read in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, "cancel_requested")
+            flags = pipe.execute()
+        return {key for key, flag in zip(keys, flags, strict=True) if flag in (b"1", "1")}
 
     def enter_stage(self, record: Record, stage: Stage) -> None:
         """Mark ``stage`` as the record's current stage and note when it started."""

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,8 @@ from redis import Redis
 from rq import Queue
 
 from jobs.identity import KEY_PREFIX
+from jobs.store import RequestStore
+from jobs.waiting import WaitingRoom
 from launch import free_port, read_procfile, spawn, start_redis
 
 if TYPE_CHECKING:
@@ -315,21 +316,15 @@ def with_failing_view(app: Flask) -> Flask:
     return app
 
 
-class CountingRedis:
-    """Answers HGET of the cancel flag and counts the reads."""
+def waiting_context(redis: Redis, poll_interval: float) -> SimpleNamespace:
+    """Just what the pipeline's sleep and cancel check use: Redis, the poll interval and a waiting room.
 
-    def __init__(self) -> None:
-        self.reads = 0
-        self.canceled = False
-
-    def hget(self, key: str, field: str) -> bytes | None:
-        """The cancel flag (``b"1"`` once ``canceled`` is set), counting the read."""
-        self.reads += 1
-        return b"1" if self.canceled else None
-
-
-def waiting_context(poll_interval: float) -> SimpleNamespace:
-    """Just what the pipeline's sleep and cancel check read: the poll interval and a counting Redis."""
+    The room reads cancels every three polls, as the worker's does.
+    """
+    store = RequestStore(redis, ttl=3600)
     return SimpleNamespace(
-        settings=SimpleNamespace(poll_interval=poll_interval), redis=CountingRedis(), cancel_checks=threading.local()
+        settings=SimpleNamespace(poll_interval=poll_interval),
+        redis=redis,
+        store=store,
+        waiting=WaitingRoom(store, cancel_interval=3 * poll_interval),
     )

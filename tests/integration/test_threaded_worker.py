@@ -13,6 +13,7 @@ import time
 
 import pytest
 from rq import Queue, Worker
+from rq.executions import ExecutionRegistry
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -175,6 +176,8 @@ def test_one_heartbeat_keeps_every_running_execution_alive_in_one_round_trip(
     registry = StartedJobRegistry(settings.queue_name, connection=redis)
     before = {member: score for member, score in redis.zrange(registry.key, 0, -1, withscores=True)}
     assert len(before) == len(jobs)
+    for _, execution in worker._beating.values():
+        redis.expire(execution.key, 5)  # about to expire: the beat gives it a heartbeat's TTL again
     time.sleep(1.1)
 
     pipelines = []
@@ -194,6 +197,33 @@ def test_one_heartbeat_keeps_every_running_execution_alive_in_one_round_trip(
     for job in jobs:
         assert Job.fetch(job.id, connection=redis).last_heartbeat is not None
         assert redis.hget(job.key, "last_heartbeat") is not None
+    for execution_id, (job, execution) in worker._beating.items():
+        assert redis.hget(execution.key, "last_heartbeat") is not None and redis.ttl(execution.key) > 5
+        assert ExecutionRegistry(job.id, connection=redis).get_execution_ids() == [execution_id]
+
+
+def test_a_beat_brings_back_no_job_or_execution_that_ended_meanwhile(
+    pipeline_worker: PipelineWorker, redis, settings
+) -> None:
+    """As RQ's own beat: a job deleted, or an execution cleaned up, while the beat was being written stays gone."""
+    worker = pipeline_worker
+    queue = Queue(settings.queue_name, connection=redis)
+    jobs = [queue.enqueue("jobs.pipeline.run_request", f"i2v:req:{n}", job_timeout=600) for n in range(2)]
+    executions = []
+    for job in jobs:
+        execution = worker.prepare_execution(job)
+        worker._beating[execution.id] = (job, execution)
+        executions.append(execution)
+    registry = StartedJobRegistry(settings.queue_name, connection=redis)
+    redis.delete(jobs[0].key)
+    redis.delete(executions[1].key)
+    registry.remove_execution(executions[1], pipeline=redis)
+    ExecutionRegistry(jobs[1].id, connection=redis).remove(executions[1], pipeline=redis)
+    worker.beat()
+    assert not redis.exists(jobs[0].key)
+    assert not redis.exists(executions[1].key)
+    assert registry.get_job_ids() == [jobs[0].id]
+    assert ExecutionRegistry(jobs[1].id, connection=redis).get_execution_ids() == []
 
 
 def hold_until_stopped() -> None:

@@ -1,5 +1,5 @@
-"""What a worker running many jobs in threads relies on: per-thread deadlines and cancel reads, the heavy-step
-cap, no SIGALRM, a requests session per call, and an ETA that counts threads."""
+"""What a worker running many jobs in threads relies on: per-thread deadlines, the heavy-step cap, no SIGALRM,
+a requests session per call, and an ETA that counts threads (sleeps and cancels: test_waits)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from config import Settings
 from i2v_app import eta
-from jobs import pipeline, shutdown
+from jobs import shutdown
 from jobs.clients import http, local_backends
 from jobs.errors import GenerationFailed
 from jobs.heavy import HeavySteps
@@ -23,7 +23,6 @@ from jobs.shutdown import WorkerStopping
 from jobs.states import Status
 from jobs.store import Record
 from jobs.worker import PipelineWorker
-from tests.helpers import waiting_context
 
 
 @pytest.fixture(autouse=True)
@@ -37,16 +36,6 @@ def no_stop_flag():
 
 def record(request_id: str = "r") -> Record:
     return Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg")
-
-
-def test_a_job_past_its_deadline_stops_at_its_next_step() -> None:
-    """The time limit RQ's SIGALRM gave: a sleep stops at the job's deadline with RQ's timeout exception."""
-    ctx = waiting_context(0.1)
-    shutdown.set_deadline(0.3)
-    started = time.monotonic()
-    with pytest.raises(JobTimeoutException):
-        pipeline.sleep(ctx, record(), 5)
-    assert time.monotonic() - started < 1.5
 
 
 def test_a_deadline_belongs_to_its_thread() -> None:
@@ -68,25 +57,6 @@ def test_a_deadline_belongs_to_its_thread() -> None:
     assert outcome == ["ran on"]
     with pytest.raises(JobTimeoutException):
         shutdown.check()
-
-
-def test_cancel_reads_stay_spaced_out_with_two_requests_in_two_threads() -> None:
-    """Each thread keeps its own last cancel read: two requests sleeping together do not undo each other's."""
-    ctx = waiting_context(0.1)
-
-    def wait(request_id: str) -> None:
-        rec = record(request_id)
-        pipeline.check_cancel(ctx, rec)
-        for _ in range(12):
-            pipeline.sleep(ctx, rec, 0.1)
-
-    threads = [threading.Thread(target=wait, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    # About 1 + 4 reads per request (one per 0.3 s); a shared cache would read at every 0.1 s slice.
-    assert ctx.redis.reads <= 14
 
 
 def test_heavy_steps_run_at_most_the_limit_at_once() -> None:
