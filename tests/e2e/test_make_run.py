@@ -29,7 +29,7 @@ from tests.helpers import ROOT, descendants, wait_for
 pytestmark = pytest.mark.e2e
 
 START_TIMEOUT = 40.0
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 45.0  # launch.py gives its processes 25 s, then SIGKILLs and waits 5 s more
 #: Seconds allowed after launch.py exits for the last of its children to be reaped.
 EXIT_GRACE = 3.0
 HTTP_TIMEOUT = 5.0
