@@ -4,9 +4,9 @@ In production every Pika poll goes over TLS, and a worker that opens a new conne
 a handshake each time. So the bench serves its fake Pika over HTTPS with a certificate from a CA of
 its own (``trustme``), and hands the service that CA the way a company hands its CA to every
 program: a bundle file (the public roots plus its own CA) named by ``REQUESTS_CA_BUNDLE``, which
-requests and the service's urllib3 pools read (``jobs/clients/http.py``), and ``SSL_CERT_FILE``,
-which httpx and the ``ssl`` module read. The server counts connections, completed handshakes and
-resumed sessions, so the results can say what each poll cost in TLS.
+requests, the service's urllib3 pools and its libcurl poll pool read (``jobs/clients/http.py``),
+and ``SSL_CERT_FILE``, which httpx and the ``ssl`` module read. The server counts connections,
+completed handshakes and resumed sessions, so the results can say what each poll cost in TLS.
 """
 
 from __future__ import annotations

@@ -1,16 +1,23 @@
-"""What the HTTP clients share: requests sessions, urllib3 pools and their TLS context, Retry-After, "was it sent?"."""
+"""What the HTTP clients share: requests sessions, urllib3 pools and their TLS context, the libcurl poll pool,
+Retry-After, "was it sent?"."""
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import io
+import math
 import os
+import queue
 import ssl
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import certifi
+import pycurl
 import requests
 import urllib3
 
@@ -145,25 +152,194 @@ def tls_options() -> dict[str, Any]:
     return {"cert_reqs": "CERT_REQUIRED", "ssl_context": tls_context(*ca_location())}
 
 
-def make_pool(base_url: str, user_agent: str = "i2v", maxsize: int = 1) -> urllib3.PoolManager:
-    """A bare urllib3 pool for frequent small GETs to one host: a provider's status polls.
+class PollError(Exception):
+    """A poll that got no answer to use: not connected, timed out, cut off, a reply over
+    :attr:`PollPool.max_body`, or no handle free within the pool's wait.
 
-    Hundreds of workers each poll every few seconds, and each poll wakes a process whose caches
-    have gone cold; requests' per-call machinery (sessions, hooks, cookies, environment) then
-    costs several times the HTTP exchange. The environment is read once, here, with requests'
-    rules: HTTP(S)_PROXY and NO_PROXY, and REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else certifi),
-    parsed once per process (:func:`tls_context`). urllib3 never reads ``~/.netrc``.
+    The message names the failure only (a libcurl error code and its name), never a URL or a header.
 
-    The pool is thread-safe and shared by all the threads of a worker process. It keeps at most
-    ``maxsize`` connections per host, and a thread that finds them all busy waits for one
-    (``block``; give each request a ``pool_timeout``) instead of opening another that would be
-    closed after one exchange: a new connection is a TLS handshake.
+    Attributes:
+        code: libcurl's error code, or ``None`` when no handle was free in time.
     """
-    proxy = environment_proxy(base_url)
-    options: dict[str, Any] = {"headers": {"User-Agent": user_agent}, "maxsize": maxsize, "block": True}
-    if proxy:
-        return proxy_manager(proxy, **options, **tls_options())
-    return urllib3.PoolManager(**options, **tls_options())
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PollResponse:
+    """The final response of a poll (never a proxy's ``CONNECT`` reply or an interim ``1xx``).
+
+    Attributes:
+        status: the HTTP status code.
+        headers: its headers, names in lower case (repeated ones joined with ``", "``).
+        body: its body, at most :attr:`PollPool.max_body` bytes.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+#: libcurl's error names by code (``E_OPERATION_TIMEDOUT`` -> 28), for messages without libcurl's text.
+_CURL_ERRORS = {
+    value: name[2:]
+    for name, value in vars(pycurl).items()
+    if name.startswith("E_") and isinstance(value, int) and not name.startswith("E_MULTI_")
+}
+
+
+class _Handle:
+    """One libcurl easy handle and what its current transfer has received; used by one thread at a time."""
+
+    def __init__(self, max_body: int) -> None:
+        self.curl = pycurl.Curl()
+        self.max_body = max_body
+        self.headers: dict[str, str] = {}
+        self.body = io.BytesIO()
+        self.curl.setopt(pycurl.HEADERFUNCTION, self.header_line)
+        self.curl.setopt(pycurl.WRITEFUNCTION, self.write)
+
+    def reset(self) -> None:
+        """Forget the previous transfer's headers and body."""
+        self.headers = {}
+        self.body = io.BytesIO()
+
+    def header_line(self, raw: bytes) -> None:
+        """libcurl's header callback: a status line starts a new response (after a proxy's
+        ``CONNECT`` reply, a ``1xx``), so only the final response's headers are kept."""
+        line = raw.decode("iso-8859-1").rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            self.headers = {}
+            return
+        name, colon, value = line.partition(":")
+        if not colon:
+            return
+        name, value = name.strip().lower(), value.strip()
+        self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
+
+    def write(self, chunk: bytes) -> int | None:
+        """libcurl's write callback: keep the body, or abort the transfer once it exceeds ``max_body``."""
+        if self.body.tell() + len(chunk) > self.max_body:
+            return 0  # fewer bytes than given: libcurl stops with CURLE_WRITE_ERROR
+        self.body.write(chunk)
+        return None
+
+
+class PollPool:
+    """A few libcurl handles for frequent small GETs to one host: a provider's status polls.
+
+    Hundreds of requests of a worker process each poll every few seconds, and each poll wakes a
+    process whose caches have gone cold: what counts is the CPU of one poll. A libcurl GET costs
+    less of it than a urllib3 GET (the threads part of ``make bench`` measures CPU per
+    request-second), let alone requests' per-call machinery (sessions, hooks, cookies, environment).
+
+    The environment is read once, here, with requests' rules: HTTP(S)_PROXY, ALL_PROXY and
+    NO_PROXY (:func:`environment_proxy`; libcurl is told the proxy, or an empty one, and an empty
+    no-proxy list, so it applies no proxy rules of its own), and REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE, else certifi (:func:`ca_location`). A user and password in the proxy URL are
+    sent to the proxy. ``~/.netrc`` is never read (libcurl reads it only when told to), no cookies
+    are kept, redirects are not followed, and only HTTP and HTTPS are spoken.
+
+    The pool is shared by all the threads of a process. Each of its ``size`` handles is used by
+    one thread at a time and keeps its connection alive between polls; a thread that finds every
+    handle busy waits up to ``wait_timeout`` for one instead of opening another connection (a new
+    connection is a TLS handshake), then fails. When a kept-alive connection turns out closed
+    before any answer, libcurl sends the GET once more on a new connection, within the same poll.
+
+    Args:
+        base_url: the provider's base URL; its scheme and host decide the proxy.
+        size: handles (so connections) kept.
+        connect_timeout: seconds to connect (and handshake).
+        read_timeout: seconds without a byte of the answer (rounded up to whole seconds) after
+            which a poll fails; a whole poll takes at most connect + read timeout.
+        wait_timeout: seconds a poll may wait for a free handle.
+        user_agent: the ``User-Agent`` of every poll.
+    """
+
+    #: The largest reply body kept; a longer one aborts the poll as a :class:`PollError`.
+    max_body = 2**20
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        wait_timeout: float,
+        user_agent: str = "i2v",
+    ) -> None:
+        #: The proxy polls go through, or ``""`` for none.
+        self.proxy = environment_proxy(base_url) or ""
+        self.ca_bundle, self.ca_is_directory = ca_location()
+        self.wait_timeout = wait_timeout
+        self._free: queue.LifoQueue[_Handle] = queue.LifoQueue()
+        for _ in range(size):
+            self._free.put(self._handle(connect_timeout, read_timeout, user_agent))
+
+    def _handle(self, connect_timeout: float, read_timeout: float, user_agent: str) -> _Handle:
+        handle = _Handle(self.max_body)
+        curl = handle.curl
+        web = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+        options: list[tuple[int, Any]] = [
+            (pycurl.NOSIGNAL, 1),  # threads: no SIGALRM for timeouts
+            (pycurl.PROTOCOLS, web),
+            (pycurl.REDIR_PROTOCOLS, web),
+            (pycurl.FOLLOWLOCATION, 0),
+            (pycurl.CONNECTTIMEOUT_MS, round(connect_timeout * 1000)),
+            (pycurl.TIMEOUT_MS, round((connect_timeout + read_timeout) * 1000)),
+            # The read timeout as urllib3 and requests have it: no byte for that long (in whole seconds).
+            (pycurl.LOW_SPEED_LIMIT, 1),
+            (pycurl.LOW_SPEED_TIME, max(1, math.ceil(read_timeout))),
+            (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1),
+            (pycurl.USERAGENT, user_agent),
+            (pycurl.SSL_VERIFYPEER, 1),
+            (pycurl.SSL_VERIFYHOST, 2),
+            (pycurl.PROXY_SSL_VERIFYPEER, 1),
+            (pycurl.PROXY_SSL_VERIFYHOST, 2),
+            (pycurl.PROXY, self.proxy),
+            (pycurl.NOPROXY, ""),
+        ]
+        for option, value in options:
+            curl.setopt(option, value)
+        # Only the chosen CA location: libcurl has a compiled-in bundle path, unset when a directory is given.
+        if self.ca_is_directory:
+            curl.unsetopt(pycurl.CAINFO)
+            curl.unsetopt(pycurl.PROXY_CAINFO)
+            curl.setopt(pycurl.CAPATH, self.ca_bundle)
+            curl.setopt(pycurl.PROXY_CAPATH, self.ca_bundle)
+        else:
+            curl.setopt(pycurl.CAINFO, self.ca_bundle)
+            curl.setopt(pycurl.PROXY_CAINFO, self.ca_bundle)
+        return handle
+
+    def get(self, url: str, headers: Mapping[str, str]) -> PollResponse:
+        """GET ``url`` with ``headers`` on a free handle (waiting up to ``wait_timeout`` for one).
+
+        Raises:
+            PollError: no handle free in time, or no complete response (not connected, timed
+                out, cut off, or a body over :attr:`max_body`).
+        """
+        try:
+            handle = self._free.get(timeout=self.wait_timeout)
+        except queue.Empty:
+            raise PollError(f"no poll connection free within {self.wait_timeout:g} s") from None
+        try:
+            handle.reset()
+            curl = handle.curl
+            curl.setopt(pycurl.URL, url)
+            curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in headers.items()])
+            try:
+                curl.perform()
+            except pycurl.error as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
+                raise PollError(f"libcurl error {code} ({_CURL_ERRORS.get(code, 'unknown')})", code) from None
+            return PollResponse(curl.getinfo(pycurl.RESPONSE_CODE), handle.headers, handle.body.getvalue())
+        finally:
+            handle.reset()
+            self._free.put(handle)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

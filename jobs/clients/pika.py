@@ -8,11 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-import urllib3
 
 from config import Settings
 from jobs.backends import VIDEO_TIMINGS, VideoState
-from jobs.clients.http import SessionPerCall, make_pool, retry_after_seconds, was_sent
+from jobs.clients.http import PollError, PollPool, SessionPerCall, retry_after_seconds, was_sent
 from jobs.errors import GenerationFailed, GenerationUnknown, TransientError
 
 log = logging.getLogger(__name__)
@@ -38,14 +37,18 @@ class PikaClient:
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
         self.session = session or SessionPerCall()
         self.session.headers["Authorization"] = f"Bearer {settings.pikapi_bearer_token}"
-        # Polls are the one call made over and over while requests wait: a leaner transport, one
-        # (thread-safe) pool for the whole process.
-        self.polls = make_pool(self.base_url, maxsize=POLL_CONNECTIONS)
+        # Polls are the one call made over and over while requests wait: a leaner transport (libcurl),
+        # one pool for the whole process. The wait for one of its handles counts as connecting: with
+        # all of them held by hung polls, a poll fails after HTTP_CONNECT_TIMEOUT as a transient
+        # error and is tried again later.
+        self.polls = PollPool(
+            self.base_url,
+            size=POLL_CONNECTIONS,
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
+            wait_timeout=settings.http_connect_timeout,
+        )
         self.poll_headers = {"Authorization": f"Bearer {settings.pikapi_bearer_token}", "Accept": "application/json"}
-        self.poll_timeout = urllib3.Timeout(connect=settings.http_connect_timeout, read=settings.http_read_timeout)
-        # The wait for one of the pool's connections counts as connecting: with all of them held by
-        # hung polls, a poll fails after this as a transient error and is tried again later.
-        self.pool_timeout = settings.http_connect_timeout
 
     name = "pika"
     label = "Pika"
@@ -102,22 +105,15 @@ class PikaClient:
             GenerationFailed: the job is unknown (404) or its video failed.
         """
         try:
-            resp = self.polls.request(
-                "GET",
-                f"{self.base_url}/jobs/{job_id}",
-                headers=self.poll_headers,
-                timeout=self.poll_timeout,
-                pool_timeout=self.pool_timeout,
-                retries=False,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise TransientError(f"Pika poll failed: {type(exc).__name__}", kind="connection") from exc
+            resp = self.polls.get(f"{self.base_url}/jobs/{job_id}", self.poll_headers)
+        except PollError as exc:
+            raise TransientError(f"Pika poll failed: {exc}", kind="connection") from exc
         if resp.status in (401, 403, 404):
             # Unknown job or refused access: polling on would only wait out the deadline.
             raise GenerationFailed(f"Pika answered {resp.status} for job {job_id}")
         self._raise_for_status(resp.status, resp.headers, "jobs", refusal=TransientError)
         try:
-            data = json.loads(resp.data)
+            data = json.loads(resp.body)
         except (ValueError, RecursionError):
             data = None
         videos = data.get("videos") if isinstance(data, dict) else None
@@ -134,17 +130,18 @@ class PikaClient:
     def _raise_for_status(
         status: int, headers: Mapping[str, str], what: str, refusal: type[Exception] = GenerationFailed
     ) -> None:
+        # Header names in lower case: a poll's are, and requests' headers match any case.
         if status == 429:
             raise TransientError(
                 f"Pika {what} throttled (429)",
                 kind="throttled",
-                retry_after=retry_after_seconds(headers.get("Retry-After")),
+                retry_after=retry_after_seconds(headers.get("retry-after")),
             )
         if status >= 500:
             raise TransientError(
                 f"Pika {what} answered {status}",
                 kind="server_error",
-                retry_after=retry_after_seconds(headers.get("Retry-After")),
+                retry_after=retry_after_seconds(headers.get("retry-after")),
             )
         if not 200 <= status < 300:
             message = f"Pika {what} answered {status}"

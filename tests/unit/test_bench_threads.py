@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import urllib3
 
 from bench import cgroup, common, sizing, threads
 from bench.__main__ import with_sizing
@@ -83,27 +82,30 @@ def test_the_wrapped_command_moves_its_shell_into_every_controller_first(tmp_pat
 def test_the_https_fake_pika_is_trusted_through_the_bundle_and_counts_handshakes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jobs.clients.http import make_pool
+    from jobs.clients.http import PollError, PollPool
+
+    def pool(base_url: str) -> PollPool:
+        return PollPool(base_url, size=1, connect_timeout=5, read_timeout=5, wait_timeout=5)
 
     ca = PrivateCA(tmp_path)
     for name, value in ca.env().items():
         monkeypatch.setenv(name, value)
     with HTTPSFakePika(ca, token="t") as pika:
         assert pika.base_url.startswith("https://127.0.0.1:")
-        pool = make_pool(pika.base_url)
+        polls = pool(pika.base_url)
         for _ in range(3):
-            assert (
-                pool.request("GET", f"{pika.base_url}/jobs/nope", headers={"Authorization": "Bearer t"}).status == 404
-            )
+            assert polls.get(f"{pika.base_url}/jobs/nope", {"Authorization": "Bearer t"}).status == 404
         counts = pika.tls
         # Three polls over one kept-alive connection: one handshake.
         assert (counts.connections, counts.handshakes, counts.failed) == (1, 1, 0)
 
         monkeypatch.delenv("REQUESTS_CA_BUNDLE")
-        with pytest.raises(urllib3.exceptions.SSLError):
-            make_pool(pika.base_url).request("GET", f"{pika.base_url}/jobs/nope", retries=False)
-        # The server sees the refused handshake in its connection's thread, a moment later.
-        wait_for(lambda: pika.tls.failed == 1, timeout=5, message="the refused handshake to be counted")
+        with pytest.raises(PollError, match="PEER_FAILED_VERIFICATION"):
+            pool(pika.base_url).get(f"{pika.base_url}/jobs/nope", {"Authorization": "Bearer t"})
+        # libcurl checks the chain once the handshake is done, then closes the connection: the
+        # server counts a second connection, and the request (with its token) never reaches it.
+        wait_for(lambda: pika.tls.connections == 2, timeout=5, message="the refused connection to be counted")
+        assert len(pika.requests) == 3
 
 
 def test_socket_owners_finds_the_process_behind_a_local_port() -> None:
