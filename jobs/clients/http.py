@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import io
 import math
 import os
 import queue
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -173,13 +172,31 @@ class PollResponse:
 
     Attributes:
         status: the HTTP status code.
-        headers: its headers, names in lower case (repeated ones joined with ``", "``).
         body: its body, at most :attr:`PollPool.max_body` bytes.
+        header_lines: every header line libcurl received, interim responses' included (see :attr:`headers`).
     """
 
     status: int
-    headers: dict[str, str]
     body: bytes
+    header_lines: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The final response's headers, names in lower case (repeated ones joined with ``", "``).
+
+        Parsed on demand: a poll that succeeds never needs them.
+        """
+        headers: dict[str, str] = {}
+        for raw in self.header_lines:
+            line = raw.decode("iso-8859-1").rstrip("\r\n")
+            if line.startswith("HTTP/"):  # a new response begins: a proxy's CONNECT reply or a 1xx came before
+                headers = {}
+                continue
+            name, colon, value = line.partition(":")
+            if colon:
+                name, value = name.strip().lower(), value.strip()
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return headers
 
 
 #: libcurl's error names by code (``E_OPERATION_TIMEDOUT`` -> 28), for messages without libcurl's text.
@@ -191,40 +208,25 @@ _CURL_ERRORS = {
 
 
 class _Handle:
-    """One libcurl easy handle and what its current transfer has received; used by one thread at a time."""
+    """One libcurl easy handle and what its current transfer has received; used by one thread at a time.
+
+    libcurl hands header lines and body chunks to ``list.append``, which runs no Python code: a poll
+    costs no Python call per header line or chunk.
+    """
 
     def __init__(self, max_body: int) -> None:
         self.curl = pycurl.Curl()
-        self.max_body = max_body
-        self.headers: dict[str, str] = {}
-        self.body = io.BytesIO()
-        self.curl.setopt(pycurl.HEADERFUNCTION, self.header_line)
-        self.curl.setopt(pycurl.WRITEFUNCTION, self.write)
+        self.header_lines: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.curl.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
+        self.curl.setopt(pycurl.WRITEFUNCTION, self.chunks.append)
+        # libcurl stops a transfer whose body grows past this (CURLE_FILESIZE_EXCEEDED), announced or not.
+        self.curl.setopt(pycurl.MAXFILESIZE, max_body)
 
     def reset(self) -> None:
         """Forget the previous transfer's headers and body."""
-        self.headers = {}
-        self.body = io.BytesIO()
-
-    def header_line(self, raw: bytes) -> None:
-        """libcurl's header callback: a status line starts a new response (after a proxy's
-        ``CONNECT`` reply, a ``1xx``), so only the final response's headers are kept."""
-        line = raw.decode("iso-8859-1").rstrip("\r\n")
-        if line.startswith("HTTP/"):
-            self.headers = {}
-            return
-        name, colon, value = line.partition(":")
-        if not colon:
-            return
-        name, value = name.strip().lower(), value.strip()
-        self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
-
-    def write(self, chunk: bytes) -> int | None:
-        """libcurl's write callback: keep the body, or abort the transfer once it exceeds ``max_body``."""
-        if self.body.tell() + len(chunk) > self.max_body:
-            return 0  # fewer bytes than given: libcurl stops with CURLE_WRITE_ERROR
-        self.body.write(chunk)
-        return None
+        self.header_lines.clear()
+        self.chunks.clear()
 
 
 class PollPool:
@@ -336,7 +338,7 @@ class PollPool:
             except pycurl.error as exc:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
                 raise PollError(f"libcurl error {code} ({_CURL_ERRORS.get(code, 'unknown')})", code) from None
-            return PollResponse(curl.getinfo(pycurl.RESPONSE_CODE), handle.headers, handle.body.getvalue())
+            return PollResponse(curl.getinfo(pycurl.RESPONSE_CODE), b"".join(handle.chunks), tuple(handle.header_lines))
         finally:
             handle.reset()
             self._free.put(handle)

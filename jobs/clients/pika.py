@@ -111,7 +111,8 @@ class PikaClient:
         if resp.status in (401, 403, 404):
             # Unknown job or refused access: polling on would only wait out the deadline.
             raise GenerationFailed(f"Pika answered {resp.status} for job {job_id}")
-        self._raise_for_status(resp.status, resp.headers, "jobs", refusal=TransientError)
+        if not 200 <= resp.status < 300:
+            self._raise_for_status(resp.status, resp.headers, "jobs", refusal=TransientError)
         try:
             data = json.loads(resp.body)
         except (ValueError, RecursionError):

@@ -42,7 +42,7 @@ class _Server(http.server.ThreadingHTTPServer):
     """A keep-alive HTTP server on loopback that counts connections and records request headers.
 
     ``/slow`` answers once released; ``/hints`` sends a ``103 Early Hints`` before its answer;
-    ``/big`` answers 2 MiB; paths in ``replies`` answer what they name.
+    ``/big`` answers 2 MiB (``/big-unannounced`` without a length); paths in ``replies`` answer what they name.
     """
 
     daemon_threads = True
@@ -72,14 +72,18 @@ class _Server(http.server.ThreadingHTTPServer):
                     self.send_header("X-Interim", "1")
                     self.end_headers()
                     headers = {"X-Final": "yes", "Set-Cookie": "a=1"}
-                elif self.path == "/big":
+                elif self.path in ("/big", "/big-unannounced"):
                     body = b"x" * (2 * 2**20)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
                 if self.path == "/hints":
                     self.send_header("Set-Cookie", "b=2")
-                self.send_header("Content-Length", str(len(body)))
+                if self.path == "/big-unannounced":  # no length: the body ends when the connection does
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -245,9 +249,10 @@ def test_only_the_final_responses_headers_are_kept(server: _Server) -> None:
 
 def test_a_body_over_the_cap_fails_the_poll_and_the_handle_serves_again(server: _Server) -> None:
     pool = make_pool(url_of(server))
-    with pytest.raises(PollError) as caught:
-        pool.get(f"{url_of(server)}/big", {})
-    assert "WRITE_ERROR" in str(caught.value)
+    for path in ("/big", "/big-unannounced"):
+        with pytest.raises(PollError) as caught:
+            pool.get(f"{url_of(server)}{path}", {})
+        assert "FILESIZE_EXCEEDED" in str(caught.value)
     assert pool.get(f"{url_of(server)}/fast", {}).body == b"{}"
 
 
