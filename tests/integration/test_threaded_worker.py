@@ -13,7 +13,7 @@ import time
 
 import pytest
 from rq import Queue, Worker
-from rq.executions import ExecutionRegistry
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -163,16 +163,24 @@ def pipeline_worker(service_env, monkeypatch, redis, settings) -> PipelineWorker
     worker.register_death()
 
 
+def beating(worker: PipelineWorker, redis, settings, count: int) -> list[tuple[Job, Execution]]:
+    """``count`` jobs enqueued and started on ``worker`` as its main loop does, in its heartbeat's list."""
+    queue = Queue(settings.queue_name, connection=redis)
+    started = []
+    for n in range(count):
+        job = queue.enqueue("jobs.pipeline.run_request", f"i2v:req:{n}", job_timeout=600)
+        execution = worker.prepare_execution(job)
+        worker._beating[execution.id] = (job, execution)
+        started.append((job, execution))
+    return started
+
+
 def test_one_heartbeat_keeps_every_running_execution_alive_in_one_round_trip(
     pipeline_worker: PipelineWorker, redis, settings
 ) -> None:
     """Five running executions: one beat is one pipeline, and refreshes every execution and job."""
     worker = pipeline_worker
-    queue = Queue(settings.queue_name, connection=redis)
-    jobs = [queue.enqueue("jobs.pipeline.run_request", f"i2v:req:{n}", job_timeout=600) for n in range(5)]
-    for job in jobs:
-        execution = worker.prepare_execution(job)
-        worker._beating[execution.id] = (job, execution)
+    jobs = [job for job, _ in beating(worker, redis, settings, 5)]
     registry = StartedJobRegistry(settings.queue_name, connection=redis)
     before = {member: score for member, score in redis.zrange(registry.key, 0, -1, withscores=True)}
     assert len(before) == len(jobs)
@@ -207,13 +215,7 @@ def test_a_beat_brings_back_no_job_or_execution_that_ended_meanwhile(
 ) -> None:
     """As RQ's own beat: a job deleted, or an execution cleaned up, while the beat was being written stays gone."""
     worker = pipeline_worker
-    queue = Queue(settings.queue_name, connection=redis)
-    jobs = [queue.enqueue("jobs.pipeline.run_request", f"i2v:req:{n}", job_timeout=600) for n in range(2)]
-    executions = []
-    for job in jobs:
-        execution = worker.prepare_execution(job)
-        worker._beating[execution.id] = (job, execution)
-        executions.append(execution)
+    jobs, executions = zip(*beating(worker, redis, settings, 2), strict=True)
     registry = StartedJobRegistry(settings.queue_name, connection=redis)
     redis.delete(jobs[0].key)
     redis.delete(executions[1].key)
