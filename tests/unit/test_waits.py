@@ -151,3 +151,16 @@ def test_the_rooms_thread_runs_only_while_someone_sleeps(redis: Redis) -> None:
     wait_for(lambda: room_threads() == 1, 5, message="the room's thread to start")
     sleeper.join()
     wait_for(lambda: room_threads() == 0, 5, message="the room's thread to end")
+
+
+def test_polls_land_on_the_beat_and_move_by_at_most_half_of_one() -> None:
+    """A poll's wait ends on the process's shared grid of POLL_BEAT seconds, never more than half a beat
+    off the asked wait; waits shorter than two beats (fast test intervals) are left as asked."""
+    for asked in (0.5, 1.0, 2.37, 10.0, 59.9):
+        now = time.monotonic()
+        wait = pipeline.on_the_beat(asked)
+        ends = now + wait
+        assert abs(ends / pipeline.POLL_BEAT - round(ends / pipeline.POLL_BEAT)) < 0.01
+        assert abs(wait - asked) <= pipeline.POLL_BEAT / 2 + 0.01
+    assert pipeline.on_the_beat(0.1) == 0.1
+    assert pipeline.on_the_beat(-1.0) == 0.0
