@@ -5,12 +5,45 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 from rq.timeouts import JobTimeoutException
 
+
+class Wakeable(Protocol):
+    """Something that holds waits of its own which a stop must end (see :meth:`StopFlag.wake_on_stop`)."""
+
+    def wake_all(self) -> None:
+        """End every wait it holds now."""
+
+
+class StopFlag(threading.Event):
+    """An event that, when set, also ends the waits of whatever asked to be woken.
+
+    Sleeping requests wait on events of their own (one wait per thread is cheaper than all of them
+    waiting on this one), so setting the flag has to wake them: the waiting rooms register here,
+    and a room needs no thread of its own watching the flag.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakeables: weakref.WeakSet[Wakeable] = weakref.WeakSet()
+
+    def wake_on_stop(self, wakeable: Wakeable) -> None:
+        """Call ``wakeable.wake_all()`` whenever the flag is set (held weakly: no leak)."""
+        self._wakeables.add(wakeable)
+
+    def set(self) -> None:
+        """Set the flag, then wake every registered wait."""
+        super().set()
+        for wakeable in list(self._wakeables):
+            wakeable.wake_all()
+
+
 #: Set when the worker is asked to stop; a running request then hands itself back to the queue.
-REQUESTED = threading.Event()
+REQUESTED = StopFlag()
 
 #: The running job's deadline (monotonic seconds), one per thread: a worker runs many jobs at once.
 _deadline = threading.local()

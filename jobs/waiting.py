@@ -45,8 +45,9 @@ class Seat:
 class WaitingRoom:
     """Where the requests of a process sleep; one thread reads their cancels and writes their progress.
 
-    The thread runs only while some request sleeps or some progress is unwritten, so a process
-    (or a test) that runs no request has none.
+    The thread runs while some request sleeps or some progress is unwritten, and ends at its next
+    turn after that, so a process (or a test) that runs no request has none. It wakes only when
+    there is work: a cancel read, or a progress write (at most one a second).
 
     Args:
         store: the record store (its batched reads and writes).
@@ -59,7 +60,11 @@ class WaitingRoom:
         self._lock = threading.Lock()
         self._seats: dict[Seat, None] = {}  # insertion-ordered set; one request may sleep in two threads
         self._progress: dict[str, int] = {}
-        self._running = False
+        self._thread: threading.Thread | None = None  # the batch thread, while it runs
+        self._last_write = 0.0  # kept here, not in the thread: a thread that ended and a new one share it
+        # Wakes the batch thread early: progress came in, so a write is due within the second.
+        self._kick = threading.Event()
+        shutdown.REQUESTED.wake_on_stop(self)
 
     def sleep(self, key: str, seconds: float) -> None:
         """Sleep up to ``seconds`` (never past the thread's job deadline) for the request at ``key``.
@@ -88,35 +93,51 @@ class WaitingRoom:
     def note_progress(self, key: str, progress: int) -> None:
         """Have ``progress`` written to the request's record within :data:`PROGRESS_WRITE_INTERVAL`."""
         with self._lock:
+            first = not self._progress
             self._progress[key] = progress
             self._start_thread()
+        if first:
+            self._kick.set()
 
     def _start_thread(self) -> None:
         # Called with the lock held.
-        if not self._running:
-            self._running = True
-            threading.Thread(target=self._run, name="waiting-room", daemon=True).start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="waiting-room", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
-        """The batch thread: progress writes every second, cancel reads every ``cancel_interval``."""
+        """The batch thread: progress writes at most once a second, cancel reads every ``cancel_interval``.
+
+        It sleeps until the next cancel read unless progress is waiting to be written: a process
+        with one request (WORKER_THREADS=1) wakes for its request's polls, not every second.
+        A stop needs nothing from it (see :meth:`wake_all`).
+        """
         next_read = time.monotonic() + self.cancel_interval
         while True:
             with self._lock:
                 if not self._seats and not self._progress:
-                    self._running = False
+                    self._thread = None
                     return
-            if shutdown.REQUESTED.wait(min(PROGRESS_WRITE_INTERVAL, max(0.0, next_read - time.monotonic()))):
-                self._wake_all()
-                time.sleep(PROGRESS_WRITE_INTERVAL)  # the flag stays set: no busy loop while threads hand back
+                pending = bool(self._progress)
+            now = time.monotonic()
+            timeout = next_read - now
+            if pending:
+                timeout = min(timeout, self._last_write + PROGRESS_WRITE_INTERVAL - now)
+            if self._kick.wait(max(0.0, timeout)):
+                self._kick.clear()
+                continue  # progress came in: work out when it may be written
             try:
-                self._write_progress()
+                if time.monotonic() >= self._last_write + PROGRESS_WRITE_INTERVAL:
+                    self._last_write = time.monotonic()
+                    self._write_progress()
                 if time.monotonic() >= next_read:
                     next_read = time.monotonic() + self.cancel_interval
                     self._read_cancels()
             except RedisError as exc:  # tried again at the next turn; this thread must not end
                 log.warning("batched record work failed: %s", type(exc).__name__)
 
-    def _wake_all(self) -> None:
+    def wake_all(self) -> None:
+        """End every sleep now: the worker is stopping (called by :data:`jobs.shutdown.REQUESTED`)."""
         with self._lock:
             seats = list(self._seats)
         for seat in seats:
