@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 REDIS_CONNECTIONS = 10
 #: Jobs of one process in RQ's end-of-job bookkeeping at once (see REDIS_CONNECTIONS).
 FINISHING = 2
-#: Seconds between two looks at the stop flag while the main thread waits for a free thread.
+#: Seconds between two looks at a thread the process waits for (to end, or to finish its job).
 WAIT_SLICE = 1.0
 
 
@@ -207,8 +207,9 @@ class PipelineWorker(SimpleWorker):
             if self._stop_requested:
                 # A stop signal came after the loop's own look and before the flag above was set.
                 raise StopRequested()
-            while not self._free.acquire(timeout=WAIT_SLICE):
-                pass
+            # No timeout: a stop signal interrupts the wait (its handler raises StopRequested), and a
+            # process whose threads are all busy then wakes for nothing until one is free.
+            self._free.acquire()
             try:
                 while True:
                     result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

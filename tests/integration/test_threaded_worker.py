@@ -17,6 +17,7 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+import config
 from jobs import shutdown
 from jobs.worker import REDIS_CONNECTIONS, PipelineWorker
 from tests.fakes import Fault
@@ -272,3 +273,40 @@ def test_a_stop_while_the_loop_waits_for_a_job_hands_back_to_the_queue(
     assert queue.intermediate_queue.get_job_ids() == []
     assert started(redis, settings) == 0
     assert Job.fetch(job.id, connection=redis).get_status() == "queued"
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_every_thread_is_busy_ends_the_wait_for_a_free_one_at_once(
+    service_env, monkeypatch, redis, settings
+) -> None:
+    """SIGTERM while the main thread waits for a free thread (one thread, two jobs): that wait has no
+    timeout to wake it, so the signal itself must end it; the running job hands back and the other
+    stays queued."""
+    for name, value in {**service_env, "WORKER_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(config, "_process_settings", None)  # this worker reads the variables above
+    queue = Queue(settings.queue_name, connection=redis)
+    jobs = [queue.enqueue(f"{__name__}.hold_until_stopped", job_timeout=120) for _ in range(2)]
+    worker = PipelineWorker([settings.queue_name])
+    signaled: list[float] = []
+
+    def stop_while_waiting() -> None:
+        wait_for(lambda: started(redis, settings) == 1, timeout=20, message="one job running")
+        time.sleep(1.5)  # the main thread is now waiting for the only thread
+        assert len(queue) == 1
+        signaled.append(time.monotonic())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopper = threading.Thread(target=stop_while_waiting, daemon=True)
+    stopper.start()
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        shutdown.REQUESTED.clear()
+    stopper.join(timeout=5)
+    assert signaled and time.monotonic() - signaled[0] < 5
+    assert sorted(queue.get_job_ids()) == sorted(job.id for job in jobs)
+    assert started(redis, settings) == 0
