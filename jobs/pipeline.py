@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,8 +46,7 @@ T = TypeVar("T")
 #: Polls start on a grid of this many seconds, shared by every thread of a process: the polls due in
 #: one beat run back to back, while the code and data they use are still in the CPU's caches, instead
 #: of each waking a process whose caches have gone cold (a cost that `make bench`'s threads part shows).
-#: A poll moves by at most half a beat, so the interval stays POLL_INTERVAL on average; polls closer
-#: together than two beats keep their own times.
+#: See :class:`PollClock`.
 POLL_BEAT = 0.25
 #: Longest single back-off pause, whatever the attempt count.
 MAX_BACKOFF = 30.0
@@ -288,10 +288,14 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
     first_poll = submitted_at + ctx.video.first_poll_after()
     deadline = submitted_at + ctx.settings.generation_deadline
     name = video_name(ctx, record)
+    # A resumed request whose first poll is past due polls at once, then every POLL_INTERVAL from now.
+    clock = PollClock(max(first_poll, time.time()), ctx.settings.poll_interval)
     try:
         if time.time() < first_poll:
             with step(ctx, record, Stage.WAITING):
-                sleep(ctx, record, on_the_beat(first_poll - time.time()))
+                sleep(ctx, record, clock.wait())
+        else:
+            clock.skip()
         with step(ctx, record, Stage.POLLING):
             check_cancel(ctx, record)  # later polls follow a sleep, which checks too
             while True:
@@ -311,7 +315,7 @@ def wait_for_video(ctx: Context, record: Record, job_id: str) -> VideoState:
                     raise GenerationTimeout(
                         f"no video {ctx.settings.generation_deadline:g} s after the submission to {ctx.video.name}"
                     )
-                sleep(ctx, record, on_the_beat(min(ctx.settings.poll_interval, remaining)))
+                sleep(ctx, record, min(clock.wait(), remaining))
     except (RequestCanceled, GenerationTimeout):
         # Nobody will watch this video: stop paying for it where the backend can be told.
         with contextlib.suppress(TransientError, PipelineError):
@@ -377,12 +381,35 @@ def backoff_delay(ctx: Context, attempt: int, retry_after: float | None) -> floa
     return min(MAX_BACKOFF, ctx.settings.retry_base_delay * 2 ** (attempt - 1))
 
 
-def on_the_beat(seconds: float) -> float:
-    """``seconds`` from now, moved to the nearest :data:`POLL_BEAT`; shorter waits than two beats stay as they are."""
-    if seconds < 2 * POLL_BEAT:
-        return max(0.0, seconds)
-    now = time.monotonic()
-    return round((now + seconds) / POLL_BEAT) * POLL_BEAT - now
+class PollClock:
+    """When a request's polls are due: ``first``, ``first + every``, ... (wall-clock seconds), each
+    moved later onto :data:`POLL_BEAT`.
+
+    A poll is never early (a video ready at a slot is seen at that slot, as the documented schedule
+    says), at most one beat late, and the slots do not drift: the interval is ``every`` on average.
+    A slot that passed while a poll ran (a slow provider) is skipped, not made up in a burst.
+    Intervals shorter than two beats (fast test timings) keep their exact slots.
+    """
+
+    def __init__(self, first: float, every: float, clock: Callable[[], float] = time.time) -> None:
+        self.first = first
+        self.every = every
+        self.clock = clock
+        self._next = 0  # the first slot not used yet
+
+    def skip(self) -> None:
+        """Use the next slot without waiting for it (the poll it was for runs now)."""
+        self._next += 1
+
+    def wait(self) -> float:
+        """Seconds from now until the next slot that has not passed; that slot is then used."""
+        now = self.clock()
+        slot = max(self._next, math.ceil((now - self.first) / self.every))
+        self._next = slot + 1
+        due = self.first + slot * self.every
+        if self.every >= 2 * POLL_BEAT:
+            due = math.ceil(due / POLL_BEAT) * POLL_BEAT
+        return max(0.0, due - now)
 
 
 def check_cancel(ctx: Context, record: Record) -> None:

@@ -6,6 +6,7 @@ of its own; its progress reaches the record within a second, never over a record
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -32,10 +33,6 @@ def no_stop_flag():
 
 def record(request_id: str = "r") -> Record:
     return Record(request_id=request_id, image_url="https://cdn.example.com/a.jpg")
-
-
-def room_threads() -> int:
-    return sum(thread.name == "waiting-room" for thread in threading.enumerate())
 
 
 def test_sigterm_wakes_a_long_sleep_at_once(redis: Redis) -> None:
@@ -131,12 +128,19 @@ def test_progress_is_written_in_batches_and_never_over_an_ended_record(redis: Re
         write(progress)
 
     ctx.store.write_progress = counted
-    for rec in live:
+    first = record("first")
+    redis.hset(first.key, mapping={"status": Status.PROCESSING, "version": 1})
+    ctx.waiting.note_progress(first.key, 5)  # a quiet room writes at once ...
+    wait_for(lambda: writes, 5, message="the first progress to be written")
+    written = time.monotonic()
+    for rec in live:  # ... and then at most once a second, everything noted meanwhile in one round trip
         ctx.waiting.note_progress(rec.key, 10)
         ctx.waiting.note_progress(rec.key, 42)  # only the last value is written
     ctx.waiting.note_progress(ended.key, 42)
-    wait_for(lambda: room_threads() == 0, 5, message="the waiting room to finish its work")
-    assert sum(writes) == 21 and len(writes) <= 2
+    wait_for(lambda: len(writes) == 2, 5, message="the batch to be written")
+    assert time.monotonic() - written >= 0.9
+    time.sleep(0.5)
+    assert writes == [1, 21]
     for rec in live:
         assert redis.hmget(rec.key, "provider_progress", "version") == [b"42", b"2"]
         assert redis.ttl(rec.key) > 0
@@ -144,23 +148,81 @@ def test_progress_is_written_in_batches_and_never_over_an_ended_record(redis: Re
 
 
 def test_the_rooms_thread_runs_only_while_someone_sleeps(redis: Redis) -> None:
-    ctx = waiting_context(redis, 0.1)
-    wait_for(lambda: room_threads() == 0, 5, message="no waiting room thread before")
+    """It starts with the first sleeper and ends at its next turn once nobody sleeps."""
+    ctx = waiting_context(redis, 0.1)  # a turn every 0.3 s
+    assert ctx.waiting._thread is None
     sleeper = threading.Thread(target=pipeline.sleep, args=(ctx, record(), 0.5))
     sleeper.start()
-    wait_for(lambda: room_threads() == 1, 5, message="the room's thread to start")
+    wait_for(lambda: ctx.waiting._thread is not None, 5, message="the room's thread to start")
+    thread = ctx.waiting._thread
     sleeper.join()
-    wait_for(lambda: room_threads() == 0, 5, message="the room's thread to end")
+    thread.join(5)
+    assert not thread.is_alive() and ctx.waiting._thread is None
 
 
-def test_polls_land_on_the_beat_and_move_by_at_most_half_of_one() -> None:
-    """A poll's wait ends on the process's shared grid of POLL_BEAT seconds, never more than half a beat
-    off the asked wait; waits shorter than two beats (fast test intervals) are left as asked."""
-    for asked in (0.5, 1.0, 2.37, 10.0, 59.9):
-        now = time.monotonic()
-        wait = pipeline.on_the_beat(asked)
-        ends = now + wait
-        assert abs(ends / pipeline.POLL_BEAT - round(ends / pipeline.POLL_BEAT)) < 0.01
-        assert abs(wait - asked) <= pipeline.POLL_BEAT / 2 + 0.01
-    assert pipeline.on_the_beat(0.1) == 0.1
-    assert pipeline.on_the_beat(-1.0) == 0.0
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_polls_are_never_early_at_most_a_beat_late_on_the_beat_and_do_not_drift() -> None:
+    """Slot k is first + k x every: a video ready at a slot is seen at that slot (the documented
+    schedule), polls share the process's beat, and however long each poll takes the average stays."""
+    rng = random.Random(7)
+    beat = pipeline.POLL_BEAT
+    clock = FakeClock(990.0)
+    polls = pipeline.PollClock(1000.1, 10.0, clock)
+    times = []
+    for slot in range(100):
+        clock.now += polls.wait()
+        nominal = 1000.1 + slot * 10.0
+        assert nominal - 1e-6 <= clock.now < nominal + beat
+        assert abs(clock.now / beat - round(clock.now / beat)) < 1e-6
+        times.append(clock.now)
+        clock.now += rng.uniform(0.0, 2.0)  # the poll itself
+    assert (times[-1] - times[0]) / 99 == pytest.approx(10.0, abs=beat / 99)
+
+
+def test_slots_missed_during_a_slow_poll_are_skipped_not_made_up() -> None:
+    clock = FakeClock(1000.0)
+    polls = pipeline.PollClock(1000.0, 10.0, clock)
+    clock.now += polls.wait()
+    clock.now += 35.0  # a poll that ran into its timeouts
+    assert 0 < polls.wait() <= 5.0  # the slot at +40 s, not the three that passed
+    clock.now = 1040.0
+    assert polls.wait() == pytest.approx(10.0)
+
+
+def test_a_skipped_slot_is_polled_at_once_and_short_intervals_keep_exact_slots() -> None:
+    clock = FakeClock(500.03)
+    polls = pipeline.PollClock(500.03, 0.3, clock)  # shorter than two beats: no beat
+    polls.skip()  # slot 0 is polled now, without a wait
+    assert polls.wait() == pytest.approx(0.3)
+
+
+def test_the_room_sleeps_until_there_is_work(redis: Redis) -> None:
+    """No turn a second for nothing (a one-request process would pay it all the time); progress
+    noted in a quiet room is written at once."""
+    ctx = waiting_context(redis, 10.0)  # cancels are read every 30 s
+    turns: list[float] = []
+    write = ctx.waiting._write_progress
+
+    def counted() -> None:
+        turns.append(time.monotonic())
+        write()
+
+    ctx.waiting._write_progress = counted
+    rec = record()
+    redis.hset(rec.key, mapping={"status": Status.PROCESSING, "version": 1})
+    sleeper = threading.Thread(target=pipeline.sleep, args=(ctx, rec, 2.5))
+    sleeper.start()
+    time.sleep(2.2)
+    assert turns == []
+    noted = time.monotonic()
+    ctx.waiting.note_progress(rec.key, 7)
+    wait_for(lambda: redis.hget(rec.key, "provider_progress") == b"7", 5, message="the progress to be written")
+    assert turns and turns[0] - noted < 0.5
+    sleeper.join()
