@@ -39,7 +39,7 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue as RQQueue
 from rq.timeouts import BaseDeathPenalty
-from rq.utils import current_timestamp, now, utcformat
+from rq.utils import current_timestamp, get_version, now, utcformat
 from rq.worker import WorkerStatus
 from rq.worker.base import StopRequested
 
@@ -236,15 +236,44 @@ class PipelineWorker(SimpleWorker):
         """Start the job in a thread of its own and return: the loop then looks for the next one.
 
         The execution is recorded here, before the thread starts, so that RQ's started registry
-        holds the job from the moment it left the queue.
+        holds the job from the moment it left the queue; a job the janitor put back meanwhile is let
+        go (see :meth:`_claim`).
         """
         execution = self.prepare_execution(job)
+        if not self._claim(job, queue, execution):
+            return
         thread = threading.Thread(target=self._run, args=(job, queue, execution), name=f"job-{job.id}", daemon=True)
         with self._lock:
             self._running[execution.id] = (job, thread)
             self._beating[execution.id] = (job, execution)
         with main_thread_signals():
             thread.start()
+
+    def _claim(self, job: Job, queue: RQQueue, execution: Execution) -> bool:
+        """Take the job out of the queue's intermediate list; False (and the execution undone) if it was gone.
+
+        Taking a job, RQ moves it to that list; the janitor puts back a job that stays there without
+        an execution for a heartbeat's lifetime (its worker died before starting it, see
+        ``jobs.janitor.StrandedJobs``). A worker starved of CPU that long is not dead, and both
+        would run the request. The execution is recorded first (so the janitor no longer takes the
+        job for stranded), then whoever removes the id from the list owns the job: this worker, or
+        the janitor, which has put it back for another worker, and this one lets it go.
+        """
+        if len(self.queues) != 1 or get_version(self.connection) < (6, 2, 0):
+            return True  # RQ took the job without that list (several queues, or an old Redis)
+        if self.connection.lrem(queue.intermediate_queue_key, 1, job.id):
+            return True
+        log.warning(
+            "job put back on the queue before this worker started it; another worker runs it", extra={"job_id": job.id}
+        )
+        with self.connection.pipeline() as pipe:
+            super().cleanup_execution(job, pipe, execution)
+            pipe.execute()
+        if not self._running:
+            with contextlib.suppress(Exception):
+                self.set_state(WorkerStatus.IDLE)
+        self._free.release()
+        return False
 
     def _run(self, job: Job, queue: RQQueue, execution: Execution) -> None:
         """A job's thread: perform it with its time limit, then free the thread."""

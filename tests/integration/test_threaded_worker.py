@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
+from redis import Redis
 from rq import Queue, Worker
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
@@ -19,6 +21,7 @@ from rq.registry import StartedJobRegistry
 
 import config
 from jobs import shutdown
+from jobs.janitor import StrandedJobs
 from jobs.worker import REDIS_CONNECTIONS, PipelineWorker
 from tests.fakes import Fault
 from tests.helpers import python_env, wait_for
@@ -310,3 +313,43 @@ def test_a_stop_while_every_thread_is_busy_ends_the_wait_for_a_free_one_at_once(
     assert signaled and time.monotonic() - signaled[0] < 5
     assert sorted(queue.get_job_ids()) == sorted(job.id for job in jobs)
     assert started(redis, settings) == 0
+
+
+def count_run(redis_url: str) -> None:
+    """A job that counts its runs."""
+    Redis.from_url(redis_url).incr("test:runs")
+
+
+@pytest.mark.timeout(60)
+def test_a_job_put_back_while_its_worker_was_slow_to_start_it_runs_once(
+    service_env, monkeypatch, redis, settings, caplog
+) -> None:
+    """A worker starved between taking a job and starting it looks dead to the janitor, which puts the
+    job back for another worker: the slow one lets it go instead of running it too (and frees its
+    only thread for the next job)."""
+    for name, value in {**service_env, "WORKER_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(config, "_process_settings", None)
+    queue = Queue(settings.queue_name, connection=redis)
+    queue.enqueue(f"{__name__}.count_run", service_env["REDIS_URL"])
+    janitor = StrandedJobs(after=0)
+    prepare = PipelineWorker.prepare_execution
+    put_back: list[int] = []
+
+    def slow_start(self: PipelineWorker, job: Job) -> Execution:
+        if not put_back:  # the first time only: the janitor's sweep while this worker is stalled
+            put_back.append(janitor.put_back(SimpleNamespace(queue=queue, redis=redis)))
+        return prepare(self, job)
+
+    monkeypatch.setattr(PipelineWorker, "prepare_execution", slow_start)
+    worker = PipelineWorker([settings.queue_name])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.work(burst=True, with_scheduler=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert put_back == [1]
+    assert redis.get("test:runs") == b"1"
+    assert "another worker runs it" in caplog.text
+    assert started(redis, settings) == 0 and queue.intermediate_queue.get_job_ids() == []
