@@ -79,15 +79,22 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
     """launch.py running in its own session, answering /healthz; everything it started is gone afterwards."""
     port = free_port()
     log = tmp_path / "launch.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "launch.py"],
-            cwd=ROOT,
-            env=minimal_env(port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # As from a terminal: Ctrl-C's SIGINT at its default. A test run started in the background of a
+    # shell script ignores SIGINT, and a child would inherit that (launch.py, like any Python
+    # program, then keeps ignoring it); a signal with a handler goes back to its default at exec.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "launch.py"],
+                cwd=ROOT,
+                env=minimal_env(port),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     run = Launched(proc, f"http://127.0.0.1:{port}", log)
     seen: set[int] = set()
     try:
@@ -207,11 +214,19 @@ def parent_of(pid: int) -> int:
 
 def test_a_stuck_worker_process_does_not_outlive_launch(launched: Launched) -> None:
     """Even a worker process that ignores the stop request is gone once launch.py has exited."""
-    children = launched.children()
-    pools = [pid for pid, cmd in children.items() if "rq worker-pool" in cmd and parent_of(pid) == launched.proc.pid]
-    assert len(pools) == 1, children
-    workers = [pid for pid, cmd in children.items() if "rq worker-pool" in cmd and parent_of(pid) == pools[0]]
-    assert workers, children
+
+    def pool_and_workers() -> tuple[dict[int, str], list[int]] | None:
+        # /healthz may answer before the pool has forked its workers.
+        children = launched.children()
+        pools = [
+            pid for pid, cmd in children.items() if "rq worker-pool" in cmd and parent_of(pid) == launched.proc.pid
+        ]
+        workers = [
+            pid for pid, cmd in children.items() if pools and "rq worker-pool" in cmd and parent_of(pid) == pools[0]
+        ]
+        return (children, workers) if len(pools) == 1 and workers else None
+
+    children, workers = wait_for(pool_and_workers, timeout=20, message="the worker pool and its workers")
     os.kill(workers[0], signal.SIGSTOP)  # frozen: it will never act on SIGTERM
     launched.proc.send_signal(signal.SIGTERM)
     wait_until_all_gone(launched, children)
