@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -232,6 +233,23 @@ def test_a_beat_brings_back_no_job_or_execution_that_ended_meanwhile(
     assert ExecutionRegistry(jobs[1].id, connection=redis).get_execution_ids() == []
 
 
+def work_here(worker: PipelineWorker, alongside: Callable[[], None] | None = None, *, burst: bool = False) -> None:
+    """Run ``worker`` in this (the main) thread, as in a worker process, with ``alongside`` in a thread
+    of its own; then give the test process its signal handlers and stop flag back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    helper = threading.Thread(target=alongside, daemon=True) if alongside else None
+    if helper:
+        helper.start()
+    try:
+        worker.work(burst=burst, with_scheduler=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        shutdown.REQUESTED.clear()
+    if helper:
+        helper.join(timeout=5)
+
+
 def hold_until_stopped() -> None:
     """A job that waits, as a waiting request does, until its worker stops; then it hands back."""
     shutdown.REQUESTED.wait(30)
@@ -262,16 +280,7 @@ def test_a_stop_while_the_loop_waits_for_a_job_hands_back_to_the_queue(
         )
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stopper = threading.Thread(target=stop_while_waiting, daemon=True)
-    stopper.start()
-    try:
-        worker.work(with_scheduler=False)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        shutdown.REQUESTED.clear()
-    stopper.join(timeout=5)
+    work_here(worker, stop_while_waiting)
     assert queue.get_job_ids() == [job.id]
     assert queue.intermediate_queue.get_job_ids() == []
     assert started(redis, settings) == 0
@@ -300,16 +309,7 @@ def test_a_stop_while_every_thread_is_busy_ends_the_wait_for_a_free_one_at_once(
         signaled.append(time.monotonic())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stopper = threading.Thread(target=stop_while_waiting, daemon=True)
-    stopper.start()
-    try:
-        worker.work(with_scheduler=False)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        shutdown.REQUESTED.clear()
-    stopper.join(timeout=5)
+    work_here(worker, stop_while_waiting)
     assert signaled and time.monotonic() - signaled[0] < 5
     assert sorted(queue.get_job_ids()) == sorted(job.id for job in jobs)
     assert started(redis, settings) == 0
@@ -343,12 +343,7 @@ def test_a_job_put_back_while_its_worker_was_slow_to_start_it_runs_once(
 
     monkeypatch.setattr(PipelineWorker, "prepare_execution", slow_start)
     worker = PipelineWorker([settings.queue_name])
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        worker.work(burst=True, with_scheduler=False)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    work_here(worker, burst=True)
     assert put_back == [1]
     assert redis.get("test:runs") == b"1"
     assert "another worker runs it" in caplog.text
