@@ -269,11 +269,13 @@ class PipelineWorker(SimpleWorker):
         with self.connection.pipeline() as pipe:
             super().cleanup_execution(job, pipe, execution)
             pipe.execute()
-        if not self._running:
-            with contextlib.suppress(Exception):
-                self.set_state(WorkerStatus.IDLE)
-        self._free.release()
+        self._thread_freed()
         return False
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's bookkeeping at the start of a job, without its removal from the intermediate list:
+        :meth:`_claim` has done that already (a second ``LREM`` would only cost a round trip)."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue=False)
 
     def _run(self, job: Job, queue: RQQueue, execution: Execution) -> None:
         """A job's thread: perform it with its time limit, then free the thread."""
@@ -287,13 +289,18 @@ class PipelineWorker(SimpleWorker):
             with self._lock:
                 self._running.pop(execution.id, None)
                 self._beating.pop(execution.id, None)
-                idle = not self._running
-            if idle:
-                with contextlib.suppress(Exception):
-                    self.set_state(WorkerStatus.IDLE)
-            self._free.release()
-            with self._ended:
-                self._ended.notify_all()
+            self._thread_freed()
+
+    def _thread_freed(self) -> None:
+        """A thread's job ended (or was let go): idle if it was the last, and the thread free for the next."""
+        with self._lock:
+            idle = not self._running
+        if idle:
+            with contextlib.suppress(Exception):
+                self.set_state(WorkerStatus.IDLE)
+        self._free.release()
+        with self._ended:
+            self._ended.notify_all()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's state, but ``busy`` as long as any thread of this process runs a job."""

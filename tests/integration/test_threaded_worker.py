@@ -348,3 +348,19 @@ def test_a_job_put_back_while_its_worker_was_slow_to_start_it_runs_once(
     assert redis.get("test:runs") == b"1"
     assert "another worker runs it" in caplog.text
     assert started(redis, settings) == 0 and queue.intermediate_queue.get_job_ids() == []
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_on_several_queues_runs_its_jobs_without_the_intermediate_list(
+    service_env, monkeypatch, redis, settings
+) -> None:
+    """With more than one queue RQ takes jobs without its intermediate list: there is nothing to
+    claim there, and the job runs (it is not mistaken for one the janitor put back)."""
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(config, "_process_settings", None)
+    queue = Queue(settings.queue_name, connection=redis)
+    queue.enqueue(f"{__name__}.count_run", service_env["REDIS_URL"])
+    worker = PipelineWorker([settings.queue_name, f"{settings.queue_name}-other"])
+    work_here(worker, burst=True)
+    assert redis.get("test:runs") == b"1"
