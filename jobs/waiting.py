@@ -128,7 +128,6 @@ class WaitingRoom:
                 continue  # progress came in: work out when it may be written
             try:
                 if time.monotonic() >= self._last_write + PROGRESS_WRITE_INTERVAL:
-                    self._last_write = time.monotonic()
                     self._write_progress()
                 if time.monotonic() >= next_read:
                     next_read = time.monotonic() + self.cancel_interval
@@ -148,6 +147,7 @@ class WaitingRoom:
             progress, self._progress = self._progress, {}
         if not progress:
             return
+        self._last_write = time.monotonic()  # only a write counts: a quiet room writes the next at once
         try:
             self.store.write_progress(progress)
         except RedisError:

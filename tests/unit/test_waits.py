@@ -226,3 +226,26 @@ def test_the_room_sleeps_until_there_is_work(redis: Redis) -> None:
     wait_for(lambda: redis.hget(rec.key, "provider_progress") == b"7", 5, message="the progress to be written")
     assert turns and turns[0] - noted < 0.5
     sleeper.join()
+
+
+def test_a_cancel_read_does_not_hold_back_the_next_progress_write(redis: Redis) -> None:
+    """Only a write starts the one-second wait between writes: progress that comes right after a
+    cancel read in a quiet room is written at once."""
+    ctx = waiting_context(redis, 0.1)  # cancels are read every 0.3 s
+    rec = record()
+    redis.hset(rec.key, mapping={"status": Status.PROCESSING, "version": 1})
+    read = ctx.waiting._read_cancels
+    noted: list[float] = []
+
+    def read_then_note() -> None:
+        read()
+        if not noted:
+            noted.append(time.monotonic())
+            ctx.waiting.note_progress(rec.key, 9)
+
+    ctx.waiting._read_cancels = read_then_note
+    sleeper = threading.Thread(target=pipeline.sleep, args=(ctx, rec, 1.5))
+    sleeper.start()
+    wait_for(lambda: redis.hget(rec.key, "provider_progress") == b"9", 5, message="the progress to be written")
+    assert time.monotonic() - noted[0] < 0.5
+    sleeper.join()
